@@ -1,0 +1,290 @@
+//! The one error type every service handler returns, and its single mapping
+//! to `tonic::Status` with `google.rpc` details: `ErrorInfo` (domain
+//! `loyalty.dev`, a stable reason from `loyalty.common.v1.ErrorReason`) on
+//! every error, `BadRequest` field violations on invalid input.
+
+use std::collections::HashMap;
+
+use loyalty_proto::common::ErrorReason;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `ErrorInfo.domain` of every error the platform returns.
+pub const ERROR_DOMAIN: &str = "loyalty.dev";
+
+/// One invalid field: its path in the request (`member.phone`,
+/// `lines[2].amount`) and what is wrong with it, in words a caller can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Collects field violations while a request is validated, so that the
+/// caller learns about every bad field at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Records the error of a parse, keeping the parsed value when valid.
+    pub fn check<T, E: std::fmt::Display>(
+        &mut self,
+        field: &str,
+        parsed: Result<T, E>,
+    ) -> Option<T> {
+        match parsed {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.add(field, e.to_string());
+                None
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(())` when nothing was recorded, else `InvalidArgument`.
+    pub fn finish(self) -> Result<(), ServiceError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ServiceError::InvalidArgument(self.0))
+        }
+    }
+}
+
+/// What went wrong in a call, in terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid request: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{resource} {id} not found")]
+    NotFound { resource: &'static str, id: String },
+    #[error("a {resource} with this {field} already exists")]
+    AlreadyExists {
+        resource: &'static str,
+        field: String,
+    },
+    #[error("{message}")]
+    FailedPrecondition {
+        reason: ErrorReason,
+        message: String,
+    },
+    #[error("idempotency key {key:?} was already used with different parameters")]
+    IdempotencyKeyReused { key: String },
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything unexpected. The source is logged, never sent to the caller.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+fn describe(v: &[FieldViolation]) -> String {
+    v.iter()
+        .map(|f| format!("{}: {}", f.field, f.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ServiceError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn not_found(resource: &'static str, id: impl Into<String>) -> Self {
+        Self::NotFound {
+            resource,
+            id: id.into(),
+        }
+    }
+
+    pub fn precondition(message: impl Into<String>) -> Self {
+        Self::FailedPrecondition {
+            reason: ErrorReason::FailedPrecondition,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(err.into())
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::NotFound { .. } => Code::NotFound,
+            Self::AlreadyExists { .. } => Code::AlreadyExists,
+            Self::FailedPrecondition { .. } | Self::IdempotencyKeyReused { .. } => {
+                Code::FailedPrecondition
+            }
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Conflict(_) => Code::Aborted,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+
+    pub fn reason(&self) -> ErrorReason {
+        match self {
+            Self::InvalidArgument(_) => ErrorReason::InvalidArgument,
+            Self::NotFound { .. } => ErrorReason::NotFound,
+            Self::AlreadyExists { .. } => ErrorReason::AlreadyExists,
+            Self::FailedPrecondition { reason, .. } => *reason,
+            Self::IdempotencyKeyReused { .. } => ErrorReason::IdempotencyKeyReused,
+            Self::Unauthenticated(_) => ErrorReason::Unauthenticated,
+            Self::PermissionDenied(_) => ErrorReason::PermissionDenied,
+            Self::Conflict(_) => ErrorReason::Conflict,
+            Self::ResourceExhausted(_) => ErrorReason::ResourceExhausted,
+            Self::Unavailable(_) => ErrorReason::Unavailable,
+            Self::Internal(_) => ErrorReason::Internal,
+        }
+    }
+}
+
+/// Stable reason string: the enum value name without its prefix
+/// (`ERROR_REASON_NOT_FOUND` → `NOT_FOUND`).
+pub fn reason_str(reason: ErrorReason) -> &'static str {
+    reason
+        .as_str_name()
+        .strip_prefix("ERROR_REASON_")
+        .unwrap_or("UNSPECIFIED")
+}
+
+impl From<ServiceError> for Status {
+    fn from(err: ServiceError) -> Self {
+        let mut details = ErrorDetails::new();
+        let mut metadata = HashMap::new();
+        match &err {
+            ServiceError::InvalidArgument(violations) => {
+                for v in violations {
+                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                }
+            }
+            ServiceError::NotFound { resource, .. } => {
+                metadata.insert("resource".to_owned(), (*resource).to_owned());
+            }
+            ServiceError::AlreadyExists { resource, field } => {
+                metadata.insert("resource".to_owned(), (*resource).to_owned());
+                metadata.insert("field".to_owned(), field.clone());
+                details.add_bad_request_violation(
+                    field.clone(),
+                    format!("a {resource} with this {field} already exists"),
+                );
+            }
+            ServiceError::Internal(source) => {
+                // The caller gets a stable message; the cause stays in our logs.
+                tracing::error!(error = %source, "internal error");
+            }
+            _ => {}
+        }
+        details.set_error_info(reason_str(err.reason()), ERROR_DOMAIN, metadata);
+        Status::with_error_details(err.code(), err.to_string(), details)
+    }
+}
+
+impl From<sqlx::Error> for ServiceError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut => {
+                Self::Unavailable("database busy: no connection available".into())
+            }
+            other => Self::Internal(Box::new(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_carries_every_field_violation() {
+        let mut v = Violations::new();
+        v.add("phone", "not an E.164 number");
+        v.add("birthday", "is in the future");
+        let status: Status = v.finish().unwrap_err().into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let bad = details.bad_request().expect("BadRequest detail");
+        let fields: Vec<_> = bad.field_violations.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["phone", "birthday"]);
+        assert_eq!(bad.field_violations[0].description, "not an E.164 number");
+        let info = details.error_info().expect("ErrorInfo detail");
+        assert_eq!(info.reason, "INVALID_ARGUMENT");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert!(status.message().contains("phone: not an E.164 number"));
+    }
+
+    #[test]
+    fn already_exists_names_the_field() {
+        let status: Status = ServiceError::AlreadyExists {
+            resource: "member",
+            field: "email".into(),
+        }
+        .into();
+        assert_eq!(status.code(), Code::AlreadyExists);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().metadata["field"], "email");
+        assert_eq!(details.bad_request().unwrap().field_violations[0].field, "email");
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_their_cause() {
+        let status: Status = ServiceError::internal("password=hunter2 in connection string").into();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("hunter2"));
+        assert_eq!(status.get_error_details().error_info().unwrap().reason, "INTERNAL");
+    }
+
+    #[test]
+    fn each_error_maps_to_its_grpc_code() {
+        let cases = [
+            (ServiceError::not_found("member", "m1"), Code::NotFound),
+            (ServiceError::precondition("closed"), Code::FailedPrecondition),
+            (
+                ServiceError::IdempotencyKeyReused { key: "k".into() },
+                Code::FailedPrecondition,
+            ),
+            (ServiceError::Unauthenticated("x".into()), Code::Unauthenticated),
+            (ServiceError::PermissionDenied("x".into()), Code::PermissionDenied),
+            (ServiceError::Conflict("x".into()), Code::Aborted),
+            (ServiceError::ResourceExhausted("x".into()), Code::ResourceExhausted),
+            (ServiceError::Unavailable("x".into()), Code::Unavailable),
+        ];
+        for (err, code) in cases {
+            let reason = reason_str(err.reason());
+            let status: Status = err.into();
+            assert_eq!(status.code(), code);
+            assert_eq!(status.get_error_details().error_info().unwrap().reason, reason);
+        }
+    }
+}
