@@ -1,1 +1,489 @@
-//! (being written)
+//! Typed configuration, one way for every service: each setting has a name
+//! (`database_url`), an environment variable (`LOYALTY_DATABASE_URL`), an
+//! optional key in a TOML file (`database_url = "…"`, file named by
+//! `LOYALTY_CONFIG` or `--config`) and, in the launcher, a flag
+//! (`--database-url`). Precedence: flag, environment, file, default.
+//!
+//! A bad value stops start-up with a message naming the setting and where
+//! its value came from, e.g.
+//! `invalid setting LOYALTY_REQUEST_TIMEOUT (environment): "ten" is not a duration …`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::db::DatabaseUrl;
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Flag,
+    Environment,
+    File(PathBuf),
+    Default,
+}
+
+/// A configuration problem, naming the setting it is about.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid setting {setting} ({origin}): {problem}")]
+    Invalid {
+        setting: String,
+        origin: String,
+        problem: String,
+    },
+    #[error("cannot read config file {path}: {problem}")]
+    File { path: String, problem: String },
+    #[error("unknown setting {key:?} in config file {path} (known settings: {known})")]
+    UnknownKey {
+        key: String,
+        path: String,
+        known: String,
+    },
+}
+
+/// Every setting the platform knows, with its help text. The launcher
+/// builds its `--help` from this table, so a setting is documented once.
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("config", "TOML file with any of these settings (keys as named here)"),
+    ("listen", "gRPC listen address [default: 127.0.0.1:50051 for the suite; 127.0.0.1:5006x for one service]"),
+    ("http_listen", "gateway HTTP listen address [default: 127.0.0.1:8080]"),
+    ("data_dir", "directory for SQLite files and the generated auth secret [default: ./data]"),
+    ("database_url", "database URL; `{service}` is replaced by the service name, so one value serves all four [default: sqlite://{data_dir}/{service}.db]"),
+    ("nats_url", "NATS JetStream URL; unset means the in-process event bus (all services in one process)"),
+    ("nats_stream", "JetStream stream holding domain events [default: LOYALTY_EVENTS]"),
+    ("auth_secret", "shared secret (>= 32 bytes) signing internal tokens; unset means one generated into {data_dir}/auth.secret"),
+    ("api_keys", "backend API keys, comma-separated `key_id:program_id:role:sha256-hex-of-key`"),
+    ("request_timeout", "deadline applied to calls that carry none, e.g. 10s, 500ms [default: 10s]"),
+    ("shutdown_grace", "how long shutdown waits for in-flight calls and the outbox [default: 20s]"),
+    ("db_max_connections", "connections per service database pool [default: 16]"),
+    ("log", "log filter in RUST_LOG syntax [default: info]"),
+    ("log_format", "log format: text or json [default: text]"),
+    ("membership_addr", "membership service address(es) for the gateway, comma-separated [default: the suite's own, or http://127.0.0.1:50061]"),
+    ("rewards_addr", "rewards service address(es) for the gateway [default: the suite's own, or http://127.0.0.1:50062]"),
+    ("feedback_addr", "feedback service address(es) for the gateway [default: the suite's own, or http://127.0.0.1:50063]"),
+    ("retention_addr", "retention service address(es) for the gateway [default: the suite's own, or http://127.0.0.1:50064]"),
+];
+
+/// The environment variable of a setting: `database_url` → `LOYALTY_DATABASE_URL`.
+pub fn env_name(setting: &str) -> String {
+    format!("LOYALTY_{}", setting.to_ascii_uppercase())
+}
+
+/// The flag of a setting: `database_url` → `--database-url`.
+pub fn flag_name(setting: &str) -> String {
+    format!("--{}", setting.replace('_', "-"))
+}
+
+/// Raw values from flags, environment and file, before typing.
+#[derive(Debug, Default, Clone)]
+pub struct Source {
+    values: BTreeMap<String, (String, Origin)>,
+}
+
+impl Source {
+    /// Layers the sources: `flags` (setting → value) over the given
+    /// environment over the config file named by flag or environment.
+    pub fn load(
+        flags: &BTreeMap<String, String>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        let mut values = BTreeMap::new();
+        let config_file = flags
+            .get("config")
+            .map(|p| (p.clone(), Origin::Flag))
+            .or_else(|| {
+                env.get(&env_name("config"))
+                    .map(|p| (p.clone(), Origin::Environment))
+            });
+        if let Some((path, _)) = &config_file {
+            for (k, v) in read_file(Path::new(path))? {
+                values.insert(k, (v, Origin::File(path.into())));
+            }
+        }
+        for (name, _) in SETTINGS {
+            if let Some(v) = env.get(&env_name(name)) {
+                values.insert((*name).to_owned(), (v.clone(), Origin::Environment));
+            }
+        }
+        for (k, v) in flags {
+            values.insert(k.clone(), (v.clone(), Origin::Flag));
+        }
+        Ok(Self { values })
+    }
+
+    /// Only the process environment (and its config file).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::load(&BTreeMap::new(), std::env::vars())
+    }
+
+    /// Sets a value as if given by flag (used by tests and the launcher).
+    pub fn set(&mut self, setting: &str, value: impl Into<String>) {
+        self.values
+            .insert(setting.to_owned(), (value.into(), Origin::Flag));
+    }
+
+    /// The raw value and its origin.
+    pub fn raw(&self, setting: &str) -> Option<(&str, &Origin)> {
+        self.values.get(setting).map(|(v, o)| (v.as_str(), o))
+    }
+
+    /// The typed value of a setting, or `None` when unset (or empty).
+    pub fn get<T>(&self, setting: &str) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.values.get(setting) {
+            None => Ok(None),
+            Some((v, _)) if v.trim().is_empty() => Ok(None),
+            Some((v, origin)) => v
+                .trim()
+                .parse::<T>()
+                .map(Some)
+                .map_err(|e| invalid(setting, origin, e.to_string())),
+        }
+    }
+
+    /// The typed value, or `default` when unset.
+    pub fn get_or<T>(&self, setting: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        Ok(self.get(setting)?.unwrap_or(default))
+    }
+
+    /// An error about this setting, naming it as the user gave it.
+    pub fn error(&self, setting: &str, problem: impl Into<String>) -> ConfigError {
+        let origin = self
+            .values
+            .get(setting)
+            .map_or(Origin::Default, |(_, o)| o.clone());
+        invalid(setting, &origin, problem.into())
+    }
+}
+
+fn invalid(setting: &str, origin: &Origin, problem: String) -> ConfigError {
+    let (setting, origin) = match origin {
+        Origin::Flag => (flag_name(setting), "flag".to_owned()),
+        Origin::Environment => (env_name(setting), "environment".to_owned()),
+        Origin::File(p) => (setting.to_owned(), format!("config file {}", p.display())),
+        Origin::Default => (setting.to_owned(), "default".to_owned()),
+    };
+    ConfigError::Invalid {
+        setting,
+        origin,
+        problem,
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let file_err = |problem: String| ConfigError::File {
+        path: path.display().to_string(),
+        problem,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file_err(e.to_string()))?;
+    let mut out = Vec::new();
+    for (k, v) in table {
+        if !SETTINGS.iter().any(|(name, _)| *name == k) || k == "config" {
+            return Err(ConfigError::UnknownKey {
+                key: k,
+                path: path.display().to_string(),
+                known: SETTINGS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .filter(|n| *n != "config")
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let value = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        };
+        out.push((k, value));
+    }
+    Ok(out)
+}
+
+/// A duration setting: `10s`, `500ms`, `2m`, `1h`, or plain seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration (use e.g. 10s, 500ms, 2m)"))?;
+        let d = match unit.trim() {
+            "" | "s" => Duration::from_secs(n),
+            "ms" => Duration::from_millis(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
+                ));
+            }
+        };
+        Ok(Self(d))
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("{other:?} is not a log format (use text or json)")),
+        }
+    }
+}
+
+/// The four domain services.
+pub const SERVICES: [&str; 4] = ["membership", "rewards", "feedback", "retention"];
+
+/// The port each service listens on when it runs alone.
+pub fn standalone_port(service: &str) -> u16 {
+    match service {
+        "membership" => 50061,
+        "rewards" => 50062,
+        "feedback" => 50063,
+        "retention" => 50064,
+        _ => 50051,
+    }
+}
+
+/// Settings shared by every service and the launcher, typed and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    database_url: String,
+    pub nats_url: Option<String>,
+    pub nats_stream: String,
+    /// Internal token secret; `None` means generate one under `data_dir`.
+    pub auth_secret: Option<String>,
+    /// Raw API key records (`key_id:program_id:role:sha256hex`).
+    pub api_keys: Vec<String>,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub db_max_connections: u32,
+    pub log: String,
+    pub log_format: LogFormat,
+    /// Service name → addresses the gateway calls (empty: the suite's own).
+    pub upstreams: BTreeMap<String, Vec<String>>,
+}
+
+impl Config {
+    /// Types and checks every setting. `default_listen` differs between the
+    /// suite (one port for all) and a service run alone.
+    pub fn from_source(src: &Source, default_listen: SocketAddr) -> Result<Self, ConfigError> {
+        let data_dir: PathBuf = src.get_or("data_dir", PathBuf::from("./data"))?;
+        let database_url = src
+            .get::<String>("database_url")?
+            .unwrap_or_else(|| format!("sqlite://{}/{{service}}.db", data_dir.display()));
+        let auth_secret: Option<String> = src.get("auth_secret")?;
+        if let Some(s) = &auth_secret
+            && s.len() < 32
+        {
+            return Err(src.error("auth_secret", "must be at least 32 bytes long"));
+        }
+        let api_keys: Vec<String> = src
+            .get::<String>("api_keys")?
+            .map(|s| {
+                s.split(',')
+                    .map(|k| k.trim().to_owned())
+                    .filter(|k| !k.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for k in &api_keys {
+            if k.split(':').count() != 4 {
+                return Err(src.error(
+                    "api_keys",
+                    format!("record {:?} is not key_id:program_id:role:sha256hex", k.split(':').next().unwrap_or_default()),
+                ));
+            }
+        }
+        let mut upstreams = BTreeMap::new();
+        for s in SERVICES {
+            let key = format!("{s}_addr");
+            if let Some(v) = src.get::<String>(&key)? {
+                let addrs: Vec<String> = v.split(',').map(|a| a.trim().to_owned()).collect();
+                for a in &addrs {
+                    if !(a.starts_with("http://") || a.starts_with("https://")) {
+                        return Err(src.error(&key, format!("{a:?} must start with http:// or https://")));
+                    }
+                }
+                upstreams.insert(s.to_owned(), addrs);
+            }
+        }
+        let db_max_connections: u32 = src.get_or("db_max_connections", 16)?;
+        if db_max_connections == 0 {
+            return Err(src.error("db_max_connections", "must be at least 1"));
+        }
+        let config = Self {
+            listen: src.get_or("listen", default_listen)?,
+            http_listen: src.get_or("http_listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            data_dir,
+            database_url,
+            nats_url: src.get("nats_url")?,
+            nats_stream: src.get_or("nats_stream", "LOYALTY_EVENTS".to_owned())?,
+            auth_secret,
+            api_keys,
+            request_timeout: src
+                .get_or("request_timeout", HumanDuration(Duration::from_secs(10)))?
+                .0,
+            shutdown_grace: src
+                .get_or("shutdown_grace", HumanDuration(Duration::from_secs(20)))?
+                .0,
+            db_max_connections,
+            log: src.get_or("log", "info".to_owned())?,
+            log_format: src.get_or("log_format", LogFormat::Text)?,
+            upstreams,
+        };
+        if let Some(url) = &config.nats_url
+            && !url.starts_with("nats://")
+            && !url.starts_with("tls://")
+        {
+            return Err(src.error("nats_url", format!("{url:?} must start with nats:// or tls://")));
+        }
+        // Check the database URL of every service now, not at first use.
+        for s in SERVICES {
+            config
+                .database_url(s)
+                .map_err(|e| src.error("database_url", e))?;
+        }
+        Ok(config)
+    }
+
+    /// The database URL of one service.
+    pub fn database_url(&self, service: &str) -> Result<DatabaseUrl, String> {
+        self.database_url.replace("{service}", service).parse()
+    }
+
+    /// True when services run on the embedded default (SQLite + in-process bus).
+    pub fn is_embedded(&self) -> bool {
+        self.nats_url.is_none()
+            && self
+                .database_url("membership")
+                .is_ok_and(|u| u.engine() == crate::db::Engine::Sqlite)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let src = Source::load(
+            &BTreeMap::new(),
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )?;
+        Config::from_source(&src, "127.0.0.1:50051".parse().unwrap())
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_suite() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.database_url("rewards").unwrap().as_str(),
+            "sqlite://./data/rewards.db"
+        );
+        assert!(c.is_embedded());
+        assert_eq!(c.request_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_bad_value_names_the_setting_and_its_origin() {
+        let err = load(&[("LOYALTY_REQUEST_TIMEOUT", "ten")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("LOYALTY_REQUEST_TIMEOUT"), "{msg}");
+        assert!(msg.contains("environment"), "{msg}");
+        assert!(msg.contains("\"ten\" is not a duration"), "{msg}");
+
+        let err = load(&[("LOYALTY_LISTEN", "localhost")]).unwrap_err();
+        assert!(err.to_string().contains("LOYALTY_LISTEN"), "{err}");
+
+        let err = load(&[("LOYALTY_DATABASE_URL", "mysql://db/{service}")]).unwrap_err();
+        assert!(err.to_string().contains("LOYALTY_DATABASE_URL"), "{err}");
+        assert!(err.to_string().contains("sqlite://"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_environment_and_name_the_flag() {
+        let mut flags = BTreeMap::new();
+        flags.insert("log_format".to_owned(), "yaml".to_owned());
+        let src = Source::load(
+            &flags,
+            [("LOYALTY_LOG_FORMAT".to_owned(), "json".to_owned())],
+        )
+        .unwrap();
+        let err = Config::from_source(&src, "127.0.0.1:1".parse().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("--log-format (flag)"), "{err}");
+    }
+
+    #[test]
+    fn file_values_are_used_and_unknown_keys_refused() {
+        let dir = std::env::temp_dir().join(format!("loyalty-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "request_timeout = \"250ms\"\ndb_max_connections = 4\n").unwrap();
+        let c = load(&[("LOYALTY_CONFIG", good.to_str().unwrap())]).unwrap();
+        assert_eq!(c.request_timeout, Duration::from_millis(250));
+        assert_eq!(c.db_max_connections, 4);
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "db_max_connections = 0\n").unwrap();
+        let err = load(&[("LOYALTY_CONFIG", bad.to_str().unwrap())]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("db_max_connections (config file"), "{msg}");
+
+        let typo = dir.join("typo.toml");
+        std::fs::write(&typo, "databse_url = \"x\"\n").unwrap();
+        let err = load(&[("LOYALTY_CONFIG", typo.to_str().unwrap())]).unwrap_err();
+        assert!(err.to_string().contains("unknown setting \"databse_url\""), "{err}");
+    }
+
+    #[test]
+    fn short_auth_secret_is_refused() {
+        let err = load(&[("LOYALTY_AUTH_SECRET", "short")]).unwrap_err();
+        assert!(err.to_string().contains("LOYALTY_AUTH_SECRET"), "{err}");
+        // the value itself is never echoed
+        assert!(!err.to_string().contains("short\""), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!("500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(500));
+        assert_eq!("2m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(120));
+        assert_eq!("7".parse::<HumanDuration>().unwrap().0, Duration::from_secs(7));
+        assert!("5 days".parse::<HumanDuration>().is_err());
+    }
+}

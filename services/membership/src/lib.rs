@@ -1,1 +1,18 @@
-//! placeholder
+//! The membership service of the loyalty platform. Its contract is
+//! `loyalty.membership.v1`; it owns its database and reacts to and publishes
+//! domain events through the shared outbox and bus.
+//!
+//! The domain (membership rules) lands with the membership issue; for now the service
+//! starts, migrates its database, answers health, reflection and
+//! `GetServiceInfo`.
+
+mod grpc;
+
+use loyalty_common::runtime::ServiceDef;
+
+/// How the launcher starts this service.
+pub const SERVICE: ServiceDef = ServiceDef {
+    name: "membership",
+    migrations: &[],
+    register: grpc::register,
+};

@@ -1,0 +1,74 @@
+//! What a service is made of, from the launcher's point of view, and what
+//! it is given at start: its own database, the event bus, its name. Every
+//! service crate exports one [`ServiceDef`]; the launcher starts any set of
+//! them the same way, all in one process or one alone.
+
+use std::sync::Arc;
+
+use loyalty_proto::common::ServiceInfo;
+
+use crate::ServiceError;
+use crate::db::{Db, Migrations};
+use crate::events::EventBus;
+use crate::server::GrpcServer;
+
+/// A service as the launcher sees it.
+#[derive(Clone, Copy)]
+pub struct ServiceDef {
+    /// Short name: "membership", "rewards", "feedback", "retention".
+    pub name: &'static str,
+    /// The service's own migrations (the common tables come first).
+    pub migrations: &'static [Migrations],
+    /// Adds the service's gRPC services to a server.
+    pub register: fn(Arc<ServiceRuntime>, &mut GrpcServer),
+}
+
+impl std::fmt::Debug for ServiceDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceDef").field("name", &self.name).finish()
+    }
+}
+
+/// What a running service holds: its database and the event bus.
+pub struct ServiceRuntime {
+    pub name: &'static str,
+    pub db: Db,
+    pub bus: Arc<dyn EventBus>,
+    migrations: &'static [Migrations],
+}
+
+impl std::fmt::Debug for ServiceRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceRuntime")
+            .field("name", &self.name)
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceRuntime {
+    pub fn new(def: &ServiceDef, db: Db, bus: Arc<dyn EventBus>) -> Self {
+        Self {
+            name: def.name,
+            db,
+            bus,
+            migrations: def.migrations,
+        }
+    }
+
+    /// What this replica is: version, storage engine, event transport,
+    /// schema version (the service's own migrations, else the common ones).
+    pub async fn service_info(&self) -> Result<ServiceInfo, ServiceError> {
+        let owner = self
+            .migrations
+            .last()
+            .unwrap_or(&crate::db::COMMON_MIGRATIONS);
+        Ok(ServiceInfo {
+            service: self.name.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            storage_engine: self.db.engine().as_str().to_owned(),
+            event_transport: self.bus.transport().to_owned(),
+            schema_version: self.db.schema_version(owner).await?,
+        })
+    }
+}
