@@ -86,7 +86,11 @@ async fn every_service_answers_health_to_a_standard_client() {
             })
             .await
             .unwrap_or_else(|e| panic!("health of {service:?}: {e}"));
-        assert_eq!(resp.into_inner().status(), ServingStatus::Serving, "{service}");
+        assert_eq!(
+            resp.into_inner().status(),
+            ServingStatus::Serving,
+            "{service}"
+        );
     }
     let unknown = health
         .check(HealthCheckRequest {
@@ -100,10 +104,10 @@ async fn every_service_answers_health_to_a_standard_client() {
 
 #[tokio::test]
 async fn reflection_lists_every_service_and_resolves_their_files() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let suite = Suite::start().await;
     let mut client = ServerReflectionClient::new(suite.channel.clone());
@@ -158,20 +162,31 @@ async fn calls_need_a_verified_credential() {
 
     // an unsigned claim is not a credential
     let mut forged = tonic::Request::new(GetServiceInfoRequest {});
-    forged
-        .metadata_mut()
-        .insert("authorization", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.".parse().unwrap());
+    forged.metadata_mut().insert(
+        "authorization",
+        "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."
+            .parse()
+            .unwrap(),
+    );
     assert_eq!(
         client.get_service_info(forged).await.unwrap_err().code(),
         Code::Unauthenticated
     );
 
-    let token = &suite.running().dev_credential.as_ref().expect("dev credential on embedded").token;
+    let token = &suite
+        .running()
+        .dev_credential
+        .as_ref()
+        .expect("dev credential on embedded")
+        .token;
     let mut req = tonic::Request::new(GetServiceInfoRequest {});
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     let resp = client.get_service_info(req).await.unwrap();
-    assert!(resp.metadata().get("x-request-id").is_some(), "request id echoed");
+    assert!(
+        resp.metadata().get("x-request-id").is_some(),
+        "request id echoed"
+    );
     let info = resp.into_inner().info.unwrap();
     assert_eq!(info.service, "rewards");
     assert_eq!(info.storage_engine, "sqlite");

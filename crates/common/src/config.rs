@@ -47,24 +47,72 @@ pub enum ConfigError {
 /// Every setting the platform knows, with its help text. The launcher
 /// builds its `--help` from this table, so a setting is documented once.
 pub const SETTINGS: &[(&str, &str)] = &[
-    ("config", "TOML file with any of these settings (keys as named here)"),
-    ("listen", "gRPC listen address [default: 127.0.0.1:50051 for the suite; 127.0.0.1:5006x for one service]"),
-    ("http_listen", "gateway HTTP listen address [default: 127.0.0.1:8080]"),
-    ("data_dir", "directory for SQLite files and the generated auth secret [default: ./data]"),
-    ("database_url", "database URL; `{service}` is replaced by the service name, so one value serves all four [default: sqlite://{data_dir}/{service}.db]"),
-    ("nats_url", "NATS JetStream URL; unset means the in-process event bus (all services in one process)"),
-    ("nats_stream", "JetStream stream holding domain events [default: LOYALTY_EVENTS]"),
-    ("auth_secret", "shared secret (>= 32 bytes) signing internal tokens; unset means one generated into {data_dir}/auth.secret"),
-    ("api_keys", "backend API keys, comma-separated `key_id:program_id:role:sha256-hex-of-key`"),
-    ("request_timeout", "deadline applied to calls that carry none, e.g. 10s, 500ms [default: 10s]"),
-    ("shutdown_grace", "how long shutdown waits for in-flight calls and the outbox [default: 20s]"),
-    ("db_max_connections", "connections per service database pool [default: 16]"),
+    (
+        "config",
+        "TOML file with any of these settings (keys as named here)",
+    ),
+    (
+        "listen",
+        "gRPC listen address [default: 127.0.0.1:50051 for the suite; 127.0.0.1:5006x for one service]",
+    ),
+    (
+        "http_listen",
+        "gateway HTTP listen address [default: 127.0.0.1:8080]",
+    ),
+    (
+        "data_dir",
+        "directory for SQLite files and the generated auth secret [default: ./data]",
+    ),
+    (
+        "database_url",
+        "database URL; `{service}` is replaced by the service name, so one value serves all four [default: sqlite://{data_dir}/{service}.db]",
+    ),
+    (
+        "nats_url",
+        "NATS JetStream URL; unset means the in-process event bus (all services in one process)",
+    ),
+    (
+        "nats_stream",
+        "JetStream stream holding domain events [default: LOYALTY_EVENTS]",
+    ),
+    (
+        "auth_secret",
+        "shared secret (>= 32 bytes) signing internal tokens; unset means one generated into {data_dir}/auth.secret",
+    ),
+    (
+        "api_keys",
+        "backend API keys, comma-separated `key_id:program_id:role:sha256-hex-of-key`",
+    ),
+    (
+        "request_timeout",
+        "deadline applied to calls that carry none, e.g. 10s, 500ms [default: 10s]",
+    ),
+    (
+        "shutdown_grace",
+        "how long shutdown waits for in-flight calls and the outbox [default: 20s]",
+    ),
+    (
+        "db_max_connections",
+        "connections per service database pool [default: 16]",
+    ),
     ("log", "log filter in RUST_LOG syntax [default: info]"),
     ("log_format", "log format: text or json [default: text]"),
-    ("membership_addr", "membership service address(es) for the gateway, comma-separated [default: the suite's own, or http://127.0.0.1:50061]"),
-    ("rewards_addr", "rewards service address(es) for the gateway [default: the suite's own, or http://127.0.0.1:50062]"),
-    ("feedback_addr", "feedback service address(es) for the gateway [default: the suite's own, or http://127.0.0.1:50063]"),
-    ("retention_addr", "retention service address(es) for the gateway [default: the suite's own, or http://127.0.0.1:50064]"),
+    (
+        "membership_addr",
+        "membership service address(es) for the gateway, comma-separated [default: the suite's own, or http://127.0.0.1:50061]",
+    ),
+    (
+        "rewards_addr",
+        "rewards service address(es) for the gateway [default: the suite's own, or http://127.0.0.1:50062]",
+    ),
+    (
+        "feedback_addr",
+        "feedback service address(es) for the gateway [default: the suite's own, or http://127.0.0.1:50063]",
+    ),
+    (
+        "retention_addr",
+        "retention service address(es) for the gateway [default: the suite's own, or http://127.0.0.1:50064]",
+    ),
 ];
 
 /// The environment variable of a setting: `database_url` → `LOYALTY_DATABASE_URL`.
@@ -187,7 +235,9 @@ fn read_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
         problem,
     };
     let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file_err(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| file_err(e.to_string()))?;
     let mut out = Vec::new();
     for (k, v) in table {
         if !SETTINGS.iter().any(|(name, _)| *name == k) || k == "config" {
@@ -325,7 +375,10 @@ impl Config {
             if k.split(':').count() != 4 {
                 return Err(src.error(
                     "api_keys",
-                    format!("record {:?} is not key_id:program_id:role:sha256hex", k.split(':').next().unwrap_or_default()),
+                    format!(
+                        "record {:?} is not key_id:program_id:role:sha256hex",
+                        k.split(':').next().unwrap_or_default()
+                    ),
                 ));
             }
         }
@@ -336,7 +389,9 @@ impl Config {
                 let addrs: Vec<String> = v.split(',').map(|a| a.trim().to_owned()).collect();
                 for a in &addrs {
                     if !(a.starts_with("http://") || a.starts_with("https://")) {
-                        return Err(src.error(&key, format!("{a:?} must start with http:// or https://")));
+                        return Err(
+                            src.error(&key, format!("{a:?} must start with http:// or https://"))
+                        );
                     }
                 }
                 upstreams.insert(s.to_owned(), addrs);
@@ -370,7 +425,10 @@ impl Config {
             && !url.starts_with("nats://")
             && !url.starts_with("tls://")
         {
-            return Err(src.error("nats_url", format!("{url:?} must start with nats:// or tls://")));
+            return Err(src.error(
+                "nats_url",
+                format!("{url:?} must start with nats:// or tls://"),
+            ));
         }
         // Check the database URL of every service now, not at first use.
         for s in SERVICES {
@@ -454,7 +512,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("loyalty-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.toml");
-        std::fs::write(&good, "request_timeout = \"250ms\"\ndb_max_connections = 4\n").unwrap();
+        std::fs::write(
+            &good,
+            "request_timeout = \"250ms\"\ndb_max_connections = 4\n",
+        )
+        .unwrap();
         let c = load(&[("LOYALTY_CONFIG", good.to_str().unwrap())]).unwrap();
         assert_eq!(c.request_timeout, Duration::from_millis(250));
         assert_eq!(c.db_max_connections, 4);
@@ -468,7 +530,10 @@ mod tests {
         let typo = dir.join("typo.toml");
         std::fs::write(&typo, "databse_url = \"x\"\n").unwrap();
         let err = load(&[("LOYALTY_CONFIG", typo.to_str().unwrap())]).unwrap_err();
-        assert!(err.to_string().contains("unknown setting \"databse_url\""), "{err}");
+        assert!(
+            err.to_string().contains("unknown setting \"databse_url\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -481,9 +546,18 @@ mod tests {
 
     #[test]
     fn durations_parse() {
-        assert_eq!("500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(500));
-        assert_eq!("2m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(120));
-        assert_eq!("7".parse::<HumanDuration>().unwrap().0, Duration::from_secs(7));
+        assert_eq!(
+            "500ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            "2m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_mins(2)
+        );
+        assert_eq!(
+            "7".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(7)
+        );
         assert!("5 days".parse::<HumanDuration>().is_err());
     }
 }

@@ -182,7 +182,9 @@ pub struct Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Db")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -226,10 +228,7 @@ impl Db {
                             })
                         })
                 };
-                let write = opts(1)
-                    .connect(&conn_url)
-                    .await
-                    .map_err(connect_err)?;
+                let write = opts(1).connect(&conn_url).await.map_err(connect_err)?;
                 // WAL lets readers run beside the writer; it is persistent.
                 sqlx::query("PRAGMA journal_mode = WAL")
                     .execute(&write)
@@ -367,6 +366,9 @@ mod tests {
     #[test]
     fn sqlite_path_is_extracted() {
         let u: DatabaseUrl = "sqlite://./data/m.db?cache=shared".parse().unwrap();
-        assert_eq!(u.sqlite_path().unwrap(), std::path::PathBuf::from("./data/m.db"));
+        assert_eq!(
+            u.sqlite_path().unwrap(),
+            std::path::PathBuf::from("./data/m.db")
+        );
     }
 }

@@ -235,7 +235,11 @@ mod tests {
         assert_eq!(status.code(), Code::InvalidArgument);
         let details = status.get_error_details();
         let bad = details.bad_request().expect("BadRequest detail");
-        let fields: Vec<_> = bad.field_violations.iter().map(|f| f.field.as_str()).collect();
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|f| f.field.as_str())
+            .collect();
         assert_eq!(fields, ["phone", "birthday"]);
         assert_eq!(bad.field_violations[0].description, "not an E.164 number");
         let info = details.error_info().expect("ErrorInfo detail");
@@ -254,7 +258,10 @@ mod tests {
         assert_eq!(status.code(), Code::AlreadyExists);
         let details = status.get_error_details();
         assert_eq!(details.error_info().unwrap().metadata["field"], "email");
-        assert_eq!(details.bad_request().unwrap().field_violations[0].field, "email");
+        assert_eq!(
+            details.bad_request().unwrap().field_violations[0].field,
+            "email"
+        );
     }
 
     #[test]
@@ -262,29 +269,47 @@ mod tests {
         let status: Status = ServiceError::internal("password=hunter2 in connection string").into();
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("hunter2"));
-        assert_eq!(status.get_error_details().error_info().unwrap().reason, "INTERNAL");
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "INTERNAL"
+        );
     }
 
     #[test]
     fn each_error_maps_to_its_grpc_code() {
         let cases = [
             (ServiceError::not_found("member", "m1"), Code::NotFound),
-            (ServiceError::precondition("closed"), Code::FailedPrecondition),
+            (
+                ServiceError::precondition("closed"),
+                Code::FailedPrecondition,
+            ),
             (
                 ServiceError::IdempotencyKeyReused { key: "k".into() },
                 Code::FailedPrecondition,
             ),
-            (ServiceError::Unauthenticated("x".into()), Code::Unauthenticated),
-            (ServiceError::PermissionDenied("x".into()), Code::PermissionDenied),
+            (
+                ServiceError::Unauthenticated("x".into()),
+                Code::Unauthenticated,
+            ),
+            (
+                ServiceError::PermissionDenied("x".into()),
+                Code::PermissionDenied,
+            ),
             (ServiceError::Conflict("x".into()), Code::Aborted),
-            (ServiceError::ResourceExhausted("x".into()), Code::ResourceExhausted),
+            (
+                ServiceError::ResourceExhausted("x".into()),
+                Code::ResourceExhausted,
+            ),
             (ServiceError::Unavailable("x".into()), Code::Unavailable),
         ];
         for (err, code) in cases {
             let reason = reason_str(err.reason());
             let status: Status = err.into();
             assert_eq!(status.code(), code);
-            assert_eq!(status.get_error_details().error_info().unwrap().reason, reason);
+            assert_eq!(
+                status.get_error_details().error_info().unwrap().reason,
+                reason
+            );
         }
     }
 }

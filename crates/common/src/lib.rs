@@ -12,7 +12,7 @@ pub mod error;
 pub mod events;
 pub mod idempotency;
 pub mod jobs;
-pub mod runtime;
+//TMP pub mod runtime;
 pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -251,7 +251,11 @@ pub enum ServeError {
 }
 
 impl GrpcServer {
-    pub fn new(verifier: Arc<Verifier>, request_timeout: Duration, shutdown_grace: Duration) -> Self {
+    pub fn new(
+        verifier: Arc<Verifier>,
+        request_timeout: Duration,
+        shutdown_grace: Duration,
+    ) -> Self {
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
         routes.add_service(health_service);
@@ -300,7 +304,13 @@ impl GrpcServer {
         self,
         addr: std::net::SocketAddr,
         shutdown: Shutdown,
-    ) -> Result<(std::net::SocketAddr, impl Future<Output = Result<(), ServeError>>), ServeError> {
+    ) -> Result<
+        (
+            std::net::SocketAddr,
+            impl Future<Output = Result<(), ServeError>>,
+        ),
+        ServeError,
+    > {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
@@ -321,7 +331,9 @@ impl GrpcServer {
             .build_v1alpha()
             .map_err(|e| ServeError::Reflection(e.to_string()))?;
         let mut routes = self.routes;
-        routes.add_service(reflection_v1).add_service(reflection_v1alpha);
+        routes
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         let routes: Routes = routes.routes();
 
         for name in &self.names {
@@ -345,7 +357,9 @@ impl GrpcServer {
                     .set_service_status(*name, ServingStatus::NotServing)
                     .await;
             }
-            health.set_service_status("", ServingStatus::NotServing).await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
             drain_signal.notify_one();
         };
         let layers = tower::ServiceBuilder::new()
@@ -366,12 +380,11 @@ impl GrpcServer {
             res = &mut serving => return res.map_err(ServeError::from),
             () = drain_started.notified() => {}
         }
-        match tokio::time::timeout(grace, serving).await {
-            Ok(res) => res.map_err(ServeError::from),
-            Err(_) => {
-                tracing::warn!(?grace, "shutdown grace elapsed with calls still in flight");
-                Ok(())
-            }
+        if let Ok(res) = tokio::time::timeout(grace, serving).await {
+            res.map_err(ServeError::from)
+        } else {
+            tracing::warn!(?grace, "shutdown grace elapsed with calls still in flight");
+            Ok(())
         }
     }
 }

@@ -17,8 +17,8 @@ impl Injector for MapInjector<'_> {
     }
 }
 
-struct MapExtractor<'a>(&'a HashMap<String, String>);
-impl Extractor for MapExtractor<'_> {
+struct MapExtractor<'a, S>(&'a HashMap<String, String, S>);
+impl<S: std::hash::BuildHasher> Extractor for MapExtractor<'_, S> {
     fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(String::as_str)
     }
@@ -36,9 +36,25 @@ pub fn current_trace_context() -> HashMap<String, String> {
     map
 }
 
+/// Adds the current W3C trace context to outgoing gRPC metadata, so the
+/// callee's span joins the caller's trace.
+pub fn inject_into_metadata(metadata: &mut tonic::metadata::MetadataMap) {
+    for (k, v) in current_trace_context() {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
+            v.parse(),
+        ) {
+            metadata.insert(key, value);
+        }
+    }
+}
+
 /// Makes `span` a child of the trace described by `carrier` (from an event
 /// envelope or incoming metadata). Does nothing when the carrier is empty.
-pub fn set_parent(span: &tracing::Span, carrier: &HashMap<String, String>) {
+pub fn set_parent<S: std::hash::BuildHasher>(
+    span: &tracing::Span,
+    carrier: &HashMap<String, String, S>,
+) {
     if carrier.is_empty() {
         return;
     }
@@ -57,7 +73,7 @@ impl std::fmt::Debug for TelemetryGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TelemetryGuard")
             .field("otlp", &self.tracer.is_some())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -169,7 +185,10 @@ mod tests {
 
             let consumer = tracing::info_span!("consume");
             set_parent(&consumer, &carrier);
-            assert_eq!(consumer.context().span().span_context().trace_id(), trace_id);
+            assert_eq!(
+                consumer.context().span().span_context().trace_id(),
+                trace_id
+            );
         });
     }
 }

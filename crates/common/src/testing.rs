@@ -8,7 +8,7 @@
 //! `--include-ignored` and the variables set, and then an unreachable server
 //! fails the run.
 
-use crate::db::{Db, DatabaseUrl, Migrations, PoolSettings};
+use crate::db::{DatabaseUrl, Db, Migrations, PoolSettings};
 
 /// Environment variable naming a PostgreSQL server for tests (any database
 /// on it; each test creates its own).

@@ -67,11 +67,14 @@ struct Server {
 
 async fn start(request_timeout: Duration) -> Server {
     let secret = Secret::new(b"0123456789abcdef0123456789abcdef".to_vec());
-    let verifier = Arc::new(Verifier::new(secret.clone(), Vec::new()));
+    let verifier = Arc::new(Verifier::new(&secret, Vec::new()));
     let mut server = GrpcServer::new(verifier, request_timeout, Duration::from_secs(5));
     server.add_service(SlowService);
     let (trigger, shutdown) = Shutdown::new();
-    let (addr, serve) = server.bind("127.0.0.1:0".parse().unwrap(), shutdown).await.unwrap();
+    let (addr, serve) = server
+        .bind("127.0.0.1:0".parse().unwrap(), shutdown)
+        .await
+        .unwrap();
     let serving = tokio::spawn(async move { serve.await.unwrap() });
     let token = Minter::new(secret)
         .mint(
@@ -80,7 +83,7 @@ async fn start(request_timeout: Duration) -> Server {
                 subject: "ops".into(),
                 roles: vec![Role::ProgramAdmin],
             },
-            Duration::from_secs(60),
+            Duration::from_mins(1),
         )
         .unwrap();
     Server {
@@ -106,7 +109,8 @@ async fn sleep_call(
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     if let Some(id) = request_id {
-        req.metadata_mut().insert("x-request-id", id.parse().unwrap());
+        req.metadata_mut()
+            .insert("x-request-id", id.parse().unwrap());
     }
     grpc.unary(
         req,
@@ -169,15 +173,25 @@ async fn calls_without_a_deadline_get_the_default_one() {
 async fn request_ids_are_echoed_or_made() {
     let server = start(Duration::from_secs(5)).await;
     let channel = connect(server.addr).await;
-    let resp = sleep_call(channel.clone(), &server.token, Duration::ZERO, Some("req-42"))
-        .await
-        .unwrap();
+    let resp = sleep_call(
+        channel.clone(),
+        &server.token,
+        Duration::ZERO,
+        Some("req-42"),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.metadata().get("x-request-id").unwrap(), "req-42");
     // a hostile id (spaces, too long) is replaced by a fresh one
     let resp = sleep_call(channel, &server.token, Duration::ZERO, Some("a b"))
         .await
         .unwrap();
-    let made = resp.metadata().get("x-request-id").unwrap().to_str().unwrap();
+    let made = resp
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
     assert_ne!(made, "a b");
     assert_eq!(made.len(), 36, "a UUID: {made}");
     server.trigger.fire();
@@ -195,7 +209,10 @@ async fn health_needs_no_credential_but_services_do() {
         .unwrap()
         .into_inner()
         .status();
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving);
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
     let err = sleep_call(channel, "not-a-token", Duration::ZERO, None)
         .await
         .unwrap_err();

@@ -60,7 +60,9 @@ pub fn command() -> Command {
 }
 
 /// Parses arguments into the mode and the settings given as flags.
-pub fn parse(args: impl IntoIterator<Item = String>) -> Result<(Mode, BTreeMap<String, String>), clap::Error> {
+pub fn parse(
+    args: impl IntoIterator<Item = String>,
+) -> Result<(Mode, BTreeMap<String, String>), clap::Error> {
     let matches = command().try_get_matches_from(args)?;
     let mut flags = BTreeMap::new();
     let sub = matches.subcommand();
@@ -73,11 +75,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<(Mode, BTreeMap<S
         }
     }
     let mode = match sub {
-        Some(("serve", m)) => Mode::Serve(
-            m.get_one::<String>("service")
-                .cloned()
-                .unwrap_or_default(),
-        ),
+        Some(("serve", m)) => {
+            Mode::Serve(m.get_one::<String>("service").cloned().unwrap_or_default())
+        }
         _ => Mode::Suite,
     };
     Ok((mode, flags))
@@ -100,8 +100,16 @@ mod tests {
 
     #[test]
     fn serve_takes_a_service_and_options_anywhere() {
-        let (mode, flags) =
-            parse(args(&["loyalty", "--log-format", "json", "serve", "rewards", "--listen", "0.0.0.0:9000"])).unwrap();
+        let (mode, flags) = parse(args(&[
+            "loyalty",
+            "--log-format",
+            "json",
+            "serve",
+            "rewards",
+            "--listen",
+            "0.0.0.0:9000",
+        ]))
+        .unwrap();
         assert_eq!(mode, Mode::Serve("rewards".into()));
         assert_eq!(flags["listen"], "0.0.0.0:9000");
         assert_eq!(flags["log_format"], "json");
@@ -109,7 +117,9 @@ mod tests {
 
     #[test]
     fn unknown_service_is_refused_with_the_choices() {
-        let err = parse(args(&["loyalty", "serve", "billing"])).unwrap_err().to_string();
+        let err = parse(args(&["loyalty", "serve", "billing"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("membership"), "{err}");
     }
 
@@ -117,7 +127,10 @@ mod tests {
     fn help_documents_every_setting_with_its_variable() {
         let help = command().render_long_help().to_string();
         for (name, _) in SETTINGS {
-            assert!(help.contains(&format!("--{}", name.replace('_', "-"))), "{name}");
+            assert!(
+                help.contains(&format!("--{}", name.replace('_', "-"))),
+                "{name}"
+            );
             assert!(help.contains(&env_name(name)), "{name}");
         }
     }

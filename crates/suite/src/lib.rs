@@ -47,13 +47,10 @@ impl Selection {
                 gateway: true,
             });
         }
-        ALL_SERVICES
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| Self {
-                services: vec![*s],
-                gateway: false,
-            })
+        ALL_SERVICES.iter().find(|s| s.name == name).map(|s| Self {
+            services: vec![*s],
+            gateway: false,
+        })
     }
 }
 
@@ -82,7 +79,11 @@ impl Running {
 
 /// Starts the selection and returns once every listener is bound and
 /// every service is serving.
-pub async fn start(config: &Config, selection: Selection, shutdown: Shutdown) -> anyhow::Result<Running> {
+pub async fn start(
+    config: &Config,
+    selection: Selection,
+    shutdown: Shutdown,
+) -> anyhow::Result<Running> {
     let started = Instant::now();
     let secret = match &config.auth_secret {
         Some(s) => auth::Secret::new(s.as_bytes().to_vec()),
@@ -95,7 +96,7 @@ pub async fn start(config: &Config, selection: Selection, shutdown: Shutdown) ->
         .map(|r| r.parse::<auth::ApiKeyRecord>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("invalid setting LOYALTY_API_KEYS: {e}"))?;
-    let verifier = Arc::new(auth::Verifier::new(secret.clone(), api_keys));
+    let verifier = Arc::new(auth::Verifier::new(&secret, api_keys));
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut grpc_addr = None;
@@ -129,7 +130,11 @@ pub async fn start(config: &Config, selection: Selection, shutdown: Shutdown) ->
         }))
         .await?;
 
-        let mut server = GrpcServer::new(verifier.clone(), config.request_timeout, config.shutdown_grace);
+        let mut server = GrpcServer::new(
+            verifier.clone(),
+            config.request_timeout,
+            config.shutdown_grace,
+        );
         for (def, db) in opened {
             let rt = Arc::new(ServiceRuntime::new(def, db.clone(), bus.clone()));
             (def.register)(rt, &mut server);
@@ -162,7 +167,8 @@ pub async fn start(config: &Config, selection: Selection, shutdown: Shutdown) ->
             });
         }
         let upstreams = loyalty_gateway::Upstreams::new(&upstreams)?;
-        let (addr, serve) = loyalty_gateway::bind(config.http_listen, upstreams, shutdown.clone()).await?;
+        let (addr, serve) =
+            loyalty_gateway::bind(config.http_listen, upstreams, shutdown.clone()).await?;
         http_addr = Some(addr);
         tasks.spawn(async move { serve.await.map_err(anyhow::Error::from) });
     }

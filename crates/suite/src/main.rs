@@ -18,7 +18,9 @@ fn main() -> ExitCode {
         Mode::Suite => SocketAddr::from(([127, 0, 0, 1], 50051)),
         Mode::Serve(s) => SocketAddr::from(([127, 0, 0, 1], standalone_port(s))),
     };
-    let config = match Source::load(&flags, std::env::vars()).and_then(|src| Config::from_source(&src, default_listen)) {
+    let config = match Source::load(&flags, std::env::vars())
+        .and_then(|src| Config::from_source(&src, default_listen))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("loyalty: {e}");
@@ -46,10 +48,13 @@ async fn run(mode: Mode, config: Config) -> anyhow::Result<()> {
         Mode::Suite => "loyalty".to_owned(),
         Mode::Serve(s) => format!("loyalty-{s}"),
     };
-    let _telemetry = loyalty_common::telemetry::init(&service_name, &config.log, config.log_format)?;
+    let _telemetry =
+        loyalty_common::telemetry::init(&service_name, &config.log, config.log_format)?;
     let selection = match &mode {
         Mode::Suite => Selection::suite(),
-        Mode::Serve(s) => Selection::one(s).ok_or_else(|| anyhow::anyhow!("unknown service {s}"))?,
+        Mode::Serve(s) => {
+            Selection::one(s).ok_or_else(|| anyhow::anyhow!("unknown service {s}"))?
+        }
     };
     let shutdown = Shutdown::on_signals();
     let running = start(&config, selection, shutdown).await?;
@@ -73,7 +78,10 @@ fn print_banner(running: &loyalty::Running) {
         println!("  gateway  http://{addr}   (/healthz, /readyz)");
     }
     if let Some(dev) = &running.dev_credential {
-        println!("  development credential ({}), valid until {}:", dev.description, dev.expires_at);
+        println!(
+            "  development credential ({}), valid until {}:",
+            dev.description, dev.expires_at
+        );
         println!("    authorization: Bearer {}", dev.token);
         if let Some(addr) = running.grpc_addr {
             println!(

@@ -60,7 +60,10 @@ impl Upstreams {
                     .tcp_nodelay(true);
                 endpoints.push(ep);
             }
-            channels.insert(service.clone(), Channel::balance_list(endpoints.into_iter()));
+            channels.insert(
+                service.clone(),
+                Channel::balance_list(endpoints.into_iter()),
+            );
         }
         Ok(Self { channels })
     }
@@ -78,14 +81,18 @@ impl Upstreams {
             async move {
                 let mut req = tonic::Request::new(HealthCheckRequest { service });
                 req.set_timeout(Duration::from_secs(1));
-                let status = match tokio::time::timeout(Duration::from_secs(1), client.check(req)).await {
-                    Ok(Ok(resp)) => resp.into_inner().status().as_str_name().to_owned(),
-                    _ => "UNAVAILABLE".to_owned(),
-                };
+                let status =
+                    match tokio::time::timeout(Duration::from_secs(1), client.check(req)).await {
+                        Ok(Ok(resp)) => resp.into_inner().status().as_str_name().to_owned(),
+                        _ => "UNAVAILABLE".to_owned(),
+                    };
                 (name.clone(), status)
             }
         });
-        futures::future::join_all(checks).await.into_iter().collect()
+        futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .collect()
     }
 }
 
@@ -113,7 +120,11 @@ pub fn router(upstreams: Upstreams) -> axum::Router {
 async fn readyz(State(up): State<Upstreams>) -> impl IntoResponse {
     let services = up.health().await;
     let ready = services.values().all(|s| s == "SERVING");
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(json!({"ready": ready, "services": services})))
 }
 
@@ -123,7 +134,13 @@ pub async fn bind(
     addr: SocketAddr,
     upstreams: Upstreams,
     shutdown: Shutdown,
-) -> Result<(SocketAddr, impl std::future::Future<Output = Result<(), GatewayError>>), GatewayError> {
+) -> Result<
+    (
+        SocketAddr,
+        impl std::future::Future<Output = Result<(), GatewayError>>,
+    ),
+    GatewayError,
+> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| GatewayError::Bind { addr, source })?;

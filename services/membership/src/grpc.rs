@@ -5,7 +5,9 @@ use std::sync::Arc;
 use loyalty_common::auth;
 use loyalty_common::runtime::ServiceRuntime;
 use loyalty_common::server::GrpcServer;
-use loyalty_proto::loyalty::membership::v1::membership_service_server::{MembershipService, MembershipServiceServer};
+use loyalty_proto::loyalty::membership::v1::membership_service_server::{
+    MembershipService, MembershipServiceServer,
+};
 use loyalty_proto::loyalty::membership::v1::{GetServiceInfoRequest, GetServiceInfoResponse};
 use tonic::{Request, Response, Status};
 

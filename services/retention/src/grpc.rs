@@ -5,7 +5,9 @@ use std::sync::Arc;
 use loyalty_common::auth;
 use loyalty_common::runtime::ServiceRuntime;
 use loyalty_common::server::GrpcServer;
-use loyalty_proto::loyalty::retention::v1::retention_service_server::{RetentionService, RetentionServiceServer};
+use loyalty_proto::loyalty::retention::v1::retention_service_server::{
+    RetentionService, RetentionServiceServer,
+};
 use loyalty_proto::loyalty::retention::v1::{GetServiceInfoRequest, GetServiceInfoResponse};
 use tonic::{Request, Response, Status};
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use loyalty_common::auth;
 use loyalty_common::runtime::ServiceRuntime;
 use loyalty_common::server::GrpcServer;
-use loyalty_proto::loyalty::rewards::v1::rewards_service_server::{RewardsService, RewardsServiceServer};
+use loyalty_proto::loyalty::rewards::v1::rewards_service_server::{
+    RewardsService, RewardsServiceServer,
+};
 use loyalty_proto::loyalty::rewards::v1::{GetServiceInfoRequest, GetServiceInfoResponse};
 use tonic::{Request, Response, Status};
 
