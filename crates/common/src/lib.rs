@@ -12,7 +12,8 @@ pub mod error;
 pub mod events;
 pub mod idempotency;
 pub mod jobs;
-//TMP pub mod runtime;
+pub mod lease;
+pub mod runtime;
 pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -9,7 +9,7 @@ use loyalty_proto::common::ServiceInfo;
 
 use crate::ServiceError;
 use crate::db::{Db, Migrations};
-use crate::events::EventBus;
+use crate::events::{Consumer, EventBus, OutboxNotifier};
 use crate::server::GrpcServer;
 
 /// A service as the launcher sees it.
@@ -21,11 +21,20 @@ pub struct ServiceDef {
     pub migrations: &'static [Migrations],
     /// Adds the service's gRPC services to a server.
     pub register: fn(Arc<ServiceRuntime>, &mut GrpcServer),
+    /// The service's event consumers (subscribed before any relay starts).
+    pub consumers: fn(&Arc<ServiceRuntime>) -> Vec<Consumer>,
+}
+
+/// For services that consume no events (yet).
+pub fn no_consumers(_: &Arc<ServiceRuntime>) -> Vec<Consumer> {
+    Vec::new()
 }
 
 impl std::fmt::Debug for ServiceDef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceDef").field("name", &self.name).finish()
+        f.debug_struct("ServiceDef")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -34,6 +43,8 @@ pub struct ServiceRuntime {
     pub name: &'static str,
     pub db: Db,
     pub bus: Arc<dyn EventBus>,
+    /// Wake the relay after committing events: `rt.outbox.notify()`.
+    pub outbox: OutboxNotifier,
     migrations: &'static [Migrations],
 }
 
@@ -52,6 +63,7 @@ impl ServiceRuntime {
             name: def.name,
             db,
             bus,
+            outbox: OutboxNotifier::new(),
             migrations: def.migrations,
         }
     }

@@ -324,10 +324,12 @@ impl GrpcServer {
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> Result<(), ServeError> {
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(loyalty_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| ServeError::Reflection(e.to_string()))?;
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(loyalty_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| ServeError::Reflection(e.to_string()))?;
         let mut routes = self.routes;

@@ -8,11 +8,12 @@
 
 mod grpc;
 
-use loyalty_common::runtime::ServiceDef;
+use loyalty_common::runtime::{ServiceDef, no_consumers};
 
 /// How the launcher starts this service.
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "membership",
     migrations: &[],
     register: grpc::register,
+    consumers: no_consumers,
 };

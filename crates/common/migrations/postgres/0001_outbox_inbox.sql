@@ -19,3 +19,16 @@ CREATE TABLE inbox (
     handled_at BIGINT NOT NULL,
     PRIMARY KEY (consumer, event_id)
 );
+
+-- Events a consumer could not apply after its retries: parked here (and
+-- recorded in the inbox) so that one poison event does not stop the others.
+CREATE TABLE dead_letters (
+    consumer   TEXT   NOT NULL,
+    event_id   TEXT   NOT NULL,
+    event_type TEXT   NOT NULL,
+    payload    BYTEA     NOT NULL,
+    error      TEXT   NOT NULL,
+    attempts   BIGINT NOT NULL,
+    failed_at  BIGINT NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+);

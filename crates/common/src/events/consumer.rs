@@ -1,0 +1,184 @@
+//! The consumer side: each event is applied in one transaction together
+//! with its inbox row, so a redelivered event changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loyalty_proto::events::EventEnvelope;
+use prost::Message;
+use tracing::Instrument;
+
+use super::BusError;
+use crate::ServiceError;
+use crate::db::{Db, Tx, now_micros};
+
+/// What a service does with an event. Its effects go into `tx`, which also
+/// holds the inbox row: both commit or neither does.
+#[async_trait::async_trait]
+pub trait EventHandler: Send + Sync {
+    async fn handle(&self, tx: &mut Tx, event: &EventEnvelope) -> Result<(), ServiceError>;
+}
+
+/// What happened to one delivered event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler's effects were committed.
+    Applied,
+    /// The event had been applied before; nothing was done.
+    Duplicate,
+    /// The consumer does not take events of this type.
+    Skipped,
+    /// The handler kept failing; the event was parked in `dead_letters`.
+    DeadLettered,
+}
+
+/// A durable consumer: a name (its inbox and its JetStream durable), the
+/// database its effects go to, its handler and the event types it takes.
+pub struct Consumer {
+    name: String,
+    db: Db,
+    handler: Arc<dyn EventHandler>,
+    event_types: Vec<String>,
+    max_attempts: u32,
+    backoff: Duration,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("name", &self.name)
+            .field("event_types", &self.event_types)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// A consumer taking every event type, retrying a failing event 5 times.
+    pub fn new(name: impl Into<String>, db: Db, handler: Arc<dyn EventHandler>) -> Self {
+        Self {
+            name: name.into(),
+            db,
+            handler,
+            event_types: Vec::new(),
+            max_attempts: 5,
+            backoff: Duration::from_millis(50),
+        }
+    }
+
+    /// Only these event types (short names, e.g. `PurchaseCompleted`).
+    #[must_use]
+    pub fn with_event_types(mut self, types: &[&str]) -> Self {
+        self.event_types = types.iter().map(|t| (*t).to_owned()).collect();
+        self
+    }
+
+    /// Attempts per event before it is dead-lettered, and the first backoff
+    /// (doubled at each retry).
+    #[must_use]
+    pub fn with_retry(mut self, max_attempts: u32, backoff: Duration) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn wants(&self, event: &EventEnvelope) -> bool {
+        self.event_types.is_empty()
+            || self
+                .event_types
+                .iter()
+                .any(|t| t == super::short_type(event))
+    }
+
+    /// Delivers one event: applies it (retrying in place, which keeps the
+    /// order of its key) or parks it after the last attempt. An error means
+    /// not even that could be recorded (database down): the transport must
+    /// deliver it again.
+    pub async fn deliver(&self, event: &EventEnvelope) -> Result<Outcome, BusError> {
+        if !self.wants(event) {
+            return Ok(Outcome::Skipped);
+        }
+        let span = tracing::info_span!("consume", consumer = %self.name, event_type = %event.event_type, event_id = %event.event_id);
+        crate::telemetry::set_parent(&span, &event.trace_context);
+        async {
+            let mut backoff = self.backoff;
+            let mut attempt = 1;
+            loop {
+                match self.apply(event).await {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(e) if attempt < self.max_attempts => {
+                        tracing::warn!(attempt, error = %e, "event handler failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = backoff.saturating_mul(2);
+                        attempt += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(attempts = attempt, error = %e, "event handler keeps failing; dead-lettering the event");
+                        return self.dead_letter(event, &e.to_string(), attempt).await.map_err(|db| {
+                            BusError::Consumer {
+                                consumer: self.name.clone(),
+                                event_id: event.event_id.clone(),
+                                reason: db.to_string(),
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One attempt: inbox row and effects in one transaction.
+    async fn apply(&self, event: &EventEnvelope) -> Result<Outcome, ServiceError> {
+        let mut tx = self.db.begin().await?;
+        if !claim_inbox(&mut tx, &self.name, &event.event_id).await? {
+            tx.rollback().await?;
+            return Ok(Outcome::Duplicate);
+        }
+        self.handler.handle(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(Outcome::Applied)
+    }
+
+    async fn dead_letter(
+        &self,
+        event: &EventEnvelope,
+        error: &str,
+        attempts: u32,
+    ) -> Result<Outcome, sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        claim_inbox(&mut tx, &self.name, &event.event_id).await?;
+        sqlx::query(
+            "INSERT INTO dead_letters (consumer, event_id, event_type, payload, error, attempts, failed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.name)
+        .bind(&event.event_id)
+        .bind(&event.event_type)
+        .bind(event.encode_to_vec())
+        .bind(error)
+        .bind(i64::from(attempts))
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Outcome::DeadLettered)
+    }
+}
+
+/// Records the event id; false when it was there already.
+async fn claim_inbox(tx: &mut Tx, consumer: &str, event_id: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO inbox (consumer, event_id, handled_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event_id)
+    .bind(now_micros())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,136 @@
+//! The embedded default transport: every service in one process.
+//!
+//! Publishing hands each event to every subscribed consumer that takes its
+//! type and returns once they have applied it (or parked it), so the relay
+//! marks outbox rows only after their effects committed: a crash in between
+//! re-publishes, and the inbox absorbs the repeat. A consumer runs a few
+//! partitions; one ordering key always lands in the same partition, which
+//! handles its events one by one, in order. Consumers subscribe before the
+//! relays start; events published before a consumer subscribed are not
+//! delivered to it.
+
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock};
+
+use loyalty_proto::events::EventEnvelope;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{BusError, Consumer, EventBus, Outcome};
+use crate::server::Shutdown;
+
+struct Job {
+    event: EventEnvelope,
+    done: oneshot::Sender<Result<Outcome, BusError>>,
+}
+
+struct Subscriber {
+    consumer: Arc<Consumer>,
+    partitions: Vec<mpsc::Sender<Job>>,
+}
+
+/// In-process event bus.
+pub struct InProcessBus {
+    subscribers: RwLock<Vec<Arc<Subscriber>>>,
+    partitions: usize,
+}
+
+impl std::fmt::Debug for InProcessBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessBus")
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for InProcessBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InProcessBus {
+    /// A bus whose consumers each run 8 partitions.
+    pub fn new() -> Self {
+        Self {
+            subscribers: RwLock::new(Vec::new()),
+            partitions: 8,
+        }
+    }
+}
+
+fn partition_of(key: &str, n: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % n as u64) as usize
+}
+
+fn closed() -> BusError {
+    BusError::Unavailable("in-process consumer stopped (shutting down)".into())
+}
+
+#[async_trait::async_trait]
+impl EventBus for InProcessBus {
+    fn transport(&self) -> &'static str {
+        "in-process"
+    }
+
+    async fn publish(&self, events: &[EventEnvelope]) -> Result<(), BusError> {
+        let subscribers: Vec<Arc<Subscriber>> = self
+            .subscribers
+            .read()
+            .map_err(|_| BusError::Unavailable("subscriber list poisoned".into()))?
+            .clone();
+        let mut pending = Vec::new();
+        for event in events {
+            let key = super::ordering_key(event);
+            for sub in &subscribers {
+                if !sub.consumer.wants(event) {
+                    continue;
+                }
+                let (done, rx) = oneshot::channel();
+                let lane = &sub.partitions[partition_of(key, sub.partitions.len())];
+                lane.send(Job {
+                    event: event.clone(),
+                    done,
+                })
+                .await
+                .map_err(|_| closed())?;
+                pending.push(rx);
+            }
+        }
+        for rx in pending {
+            rx.await.map_err(|_| closed())??;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, consumer: Arc<Consumer>, shutdown: Shutdown) -> Result<(), BusError> {
+        let mut partitions = Vec::with_capacity(self.partitions);
+        for _ in 0..self.partitions {
+            let (tx, mut rx) = mpsc::channel::<Job>(1024);
+            partitions.push(tx);
+            let consumer = consumer.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        job = rx.recv() => {
+                            let Some(job) = job else { break };
+                            let outcome = consumer.deliver(&job.event).await;
+                            let _ = job.done.send(outcome);
+                        }
+                        () = shutdown.wait() => break,
+                    }
+                }
+            });
+        }
+        self.subscribers
+            .write()
+            .map_err(|_| BusError::Unavailable("subscriber list poisoned".into()))?
+            .push(Arc::new(Subscriber {
+                consumer,
+                partitions,
+            }));
+        Ok(())
+    }
+}
