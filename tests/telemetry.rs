@@ -20,9 +20,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
+/// trace id, parent span id, name
+type SpanSeen = (Vec<u8>, Vec<u8>, String);
+
 #[derive(Clone, Default)]
 struct Collector {
-    spans: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>, String)>>>, // trace id, parent span id, name
+    spans: Arc<Mutex<Vec<SpanSeen>>>,
     metrics: Arc<Mutex<Vec<String>>>,
 }
 
@@ -157,5 +160,9 @@ async fn otlp_export_carries_the_callers_trace_and_sigterm_stops_cleanly() {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }

@@ -34,7 +34,7 @@ impl std::fmt::Debug for ServiceDef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceDef")
             .field("name", &self.name)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

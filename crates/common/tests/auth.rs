@@ -29,7 +29,7 @@ fn member() -> Principal {
 }
 
 /// Signs arbitrary claims with the suite secret, or another key/algorithm.
-fn forge(claims: serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {
+fn forge(claims: &serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {
     jsonwebtoken::encode(
         &Header::new(alg),
         &claims,
@@ -82,7 +82,7 @@ fn every_bad_token_is_refused_with_its_reason() {
     let cases = [
         (
             forge(
-                claims(&[("exp", (now - 120).into())]),
+                &claims(&[("exp", (now - 120).into())]),
                 Algorithm::HS256,
                 SECRET,
             ),
@@ -90,7 +90,7 @@ fn every_bad_token_is_refused_with_its_reason() {
         ),
         (
             forge(
-                claims(&[("nbf", (now + 600).into())]),
+                &claims(&[("nbf", (now + 600).into())]),
                 Algorithm::HS256,
                 SECRET,
             ),
@@ -98,25 +98,25 @@ fn every_bad_token_is_refused_with_its_reason() {
         ),
         (
             forge(
-                claims(&[("aud", "someone-else".into())]),
+                &claims(&[("aud", "someone-else".into())]),
                 Algorithm::HS256,
                 SECRET,
             ),
             "audience",
         ),
         (
-            forge(claims(&[("iss", "evil".into())]), Algorithm::HS256, SECRET),
+            forge(&claims(&[("iss", "evil".into())]), Algorithm::HS256, SECRET),
             "issuer",
         ),
         (
             forge(
-                claims(&[]),
+                &claims(&[]),
                 Algorithm::HS256,
                 b"another-secret-another-secret-xx",
             ),
             "signature",
         ),
-        (forge(claims(&[]), Algorithm::HS384, SECRET), "algorithm"),
+        (forge(&claims(&[]), Algorithm::HS384, SECRET), "algorithm"),
         ("not.a.token".to_owned(), "malformed"),
     ];
     for (token, why) in cases {
@@ -131,7 +131,7 @@ fn alg_none_and_rs256_headers_are_refused() {
     let none = format!("{}.{body}.", base64_url(r#"{"alg":"none","typ":"JWT"}"#));
     assert!(refused(&bearer(&none)).contains("invalid credential"));
     // an RS256 header over an HMAC signature: key confusion must not work
-    let hs = forge(claims(&[]), Algorithm::HS256, SECRET);
+    let hs = forge(&claims(&[]), Algorithm::HS256, SECRET);
     let sig = hs.rsplit('.').next().unwrap();
     let confused = format!(
         "{}.{body}.{sig}",

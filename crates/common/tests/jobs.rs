@@ -21,7 +21,7 @@ struct MarkItems {
 
 #[async_trait::async_trait]
 impl Job for MarkItems {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "mark-items"
     }
 

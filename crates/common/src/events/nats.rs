@@ -72,8 +72,8 @@ impl NatsBus {
             .get_or_create_stream(stream::Config {
                 name: self.stream.clone(),
                 subjects: vec![format!("{}.>", self.prefix)],
-                duplicate_window: Duration::from_secs(120),
-                max_age: Duration::from_secs(7 * 24 * 3600),
+                duplicate_window: Duration::from_mins(2),
+                max_age: Duration::from_hours(7 * 24),
                 storage: stream::StorageType::File,
                 ..Default::default()
             })
