@@ -5,13 +5,14 @@
 //! event id, so a relay that publishes again within the stream's duplicate
 //! window is deduplicated by the server (and by the inbox after it), and
 //! waits for every publish ack. Each consumer is a durable pull consumer
-//! with explicit acks: a batch is split by ordering key, keys run
-//! concurrently, one key's events run in order and each is acked only after
-//! its effects committed. If an event cannot even be recorded (database
-//! down), that key stops for this batch and JetStream redelivers after the
-//! ack wait.
+//! with explicit acks, pulled continuously: events are spread over
+//! partitions by ordering key, partitions run concurrently, one key's events
+//! run in order and each is acked only after its effects committed. If an
+//! event cannot even be recorded (database down), its partition retries it
+//! in place; if the process stops first, JetStream redelivers it after the
+//! ack wait. After such a crash a redelivered event may arrive after later
+//! events of its key; the inbox still applies each once.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,20 +147,47 @@ impl EventBus for NatsBus {
             )
             .await
             .map_err(unavailable)?;
+        let mut messages = pull_consumer
+            .stream()
+            .max_messages_per_batch(512)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(10))
+            .messages()
+            .await
+            .map_err(unavailable)?;
+        // One worker per partition: a key always goes to the same worker,
+        // which applies and acks its events in order.
+        let mut lanes = Vec::with_capacity(PARTITIONS);
+        for _ in 0..PARTITIONS {
+            let (tx, rx) = tokio::sync::mpsc::channel::<(EventEnvelope, jetstream::Message)>(1024);
+            lanes.push(tx);
+            tokio::spawn(lane(consumer.clone(), rx, shutdown.clone()));
+        }
         tokio::spawn(async move {
             loop {
-                if shutdown.is_fired() {
-                    break;
-                }
-                let batch = tokio::select! {
-                    b = fetch(&pull_consumer) => b,
+                let next = tokio::select! {
+                    m = messages.next() => m,
                     () = shutdown.wait() => break,
                 };
-                match batch {
-                    Ok(messages) => handle_batch(&consumer, messages).await,
+                let msg = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::warn!(consumer = consumer.name(), error = %e, "JetStream pull failed; continuing");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    None => break,
+                };
+                match EventEnvelope::decode(msg.payload.as_ref()) {
+                    Ok(env) => {
+                        let i = partition_of(super::ordering_key(&env), lanes.len());
+                        if lanes[i].send((env, msg)).await.is_err() {
+                            break;
+                        }
+                    }
                     Err(e) => {
-                        tracing::warn!(consumer = consumer.name(), error = %e, "JetStream fetch failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        tracing::error!(subject = %msg.subject, error = %e, "undecodable event terminated");
+                        let _ = msg.ack_with(AckKind::Term).await;
                     }
                 }
             }
@@ -168,58 +196,43 @@ impl EventBus for NatsBus {
     }
 }
 
-async fn fetch(
-    c: &jetstream::consumer::Consumer<pull::Config>,
-) -> Result<Vec<jetstream::Message>, BusError> {
-    let mut batch = c
-        .batch()
-        .max_messages(512)
-        .expires(Duration::from_millis(500))
-        .messages()
-        .await
-        .map_err(unavailable)?;
-    let mut out = Vec::new();
-    while let Some(m) = batch.next().await {
-        out.push(m.map_err(unavailable)?);
-    }
-    Ok(out)
+const PARTITIONS: usize = 8;
+
+fn partition_of(key: &str, n: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % n as u64) as usize
 }
 
-async fn handle_batch(consumer: &Consumer, messages: Vec<jetstream::Message>) {
-    // Split by ordering key, keeping each key's order.
-    let mut lanes: Vec<Vec<(EventEnvelope, jetstream::Message)>> = Vec::new();
-    let mut lane_of: HashMap<String, usize> = HashMap::new();
-    for msg in messages {
-        match EventEnvelope::decode(msg.payload.as_ref()) {
-            Ok(env) => {
-                let key = super::ordering_key(&env).to_owned();
-                let i = *lane_of.entry(key).or_insert_with(|| {
-                    lanes.push(Vec::new());
-                    lanes.len() - 1
-                });
-                lanes[i].push((env, msg));
-            }
-            Err(e) => {
-                tracing::error!(subject = %msg.subject, error = %e, "undecodable event terminated");
-                let _ = msg.ack_with(AckKind::Term).await;
-            }
-        }
-    }
-    futures::future::join_all(lanes.into_iter().map(|lane| async move {
-        for (env, msg) in lane {
+/// Applies one partition's events in order. An event that cannot even be
+/// recorded (database down) is retried in place, so later events of its key
+/// never overtake it.
+async fn lane(
+    consumer: Arc<Consumer>,
+    mut rx: tokio::sync::mpsc::Receiver<(EventEnvelope, jetstream::Message)>,
+    shutdown: Shutdown,
+) {
+    while let Some((env, msg)) = rx.recv().await {
+        let mut backoff = Duration::from_millis(100);
+        loop {
             match consumer.deliver(&env).await {
                 Ok(_) => {
                     if let Err(e) = msg.ack().await {
                         // the effect is committed; a redelivery is a duplicate
                         tracing::warn!(event_id = %env.event_id, error = %e, "ack failed");
                     }
+                    break;
                 }
                 Err(e) => {
-                    tracing::error!(event_id = %env.event_id, error = %e, "event not recorded; JetStream will redeliver");
-                    return;
+                    tracing::error!(event_id = %env.event_id, error = %e, "event not recorded; retrying");
+                    if shutdown.is_fired() {
+                        return; // unacked: JetStream redelivers it
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
-    }))
-    .await;
+    }
 }
