@@ -118,6 +118,7 @@ pub fn init(
     let fmt_layer = match format {
         crate::config::LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .boxed(),
         crate::config::LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

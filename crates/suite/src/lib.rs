@@ -170,6 +170,9 @@ pub async fn start(
         let (addr, serve) =
             loyalty_gateway::bind(config.http_listen, upstreams, shutdown.clone()).await?;
         http_addr = Some(addr);
+        if description.is_empty() {
+            description = "gateway alone".to_owned();
+        }
         tasks.spawn(async move { serve.await.map_err(anyhow::Error::from) });
     }
 
