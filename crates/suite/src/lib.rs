@@ -171,7 +171,7 @@ pub async fn start(
             loyalty_gateway::bind(config.http_listen, upstreams, shutdown.clone()).await?;
         http_addr = Some(addr);
         if description.is_empty() {
-            description = "gateway alone".to_owned();
+            description.push_str("gateway alone");
         }
         tasks.spawn(async move { serve.await.map_err(anyhow::Error::from) });
     }
