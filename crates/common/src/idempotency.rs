@@ -154,18 +154,6 @@ where
     Ok(response)
 }
 
-/// Deletes keys older than `age` (replays after that do the work again).
-pub async fn purge_older_than(db: &Db, age: std::time::Duration) -> Result<u64, ServiceError> {
-    let cutoff = now_micros() - i64::try_from(age.as_micros()).unwrap_or(i64::MAX / 2);
-    let mut tx = db.begin().await?;
-    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(done.rows_affected())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod housekeeping;
 pub mod idempotency;
 pub mod jobs;
 pub mod lease;

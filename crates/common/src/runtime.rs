@@ -10,6 +10,7 @@ use loyalty_proto::common::ServiceInfo;
 use crate::ServiceError;
 use crate::db::{Db, Migrations};
 use crate::events::{Consumer, EventBus, OutboxNotifier};
+use crate::jobs::{Job, Schedule};
 use crate::server::GrpcServer;
 
 /// A service as the launcher sees it.
@@ -23,6 +24,16 @@ pub struct ServiceDef {
     pub register: fn(Arc<ServiceRuntime>, &mut GrpcServer),
     /// The service's event consumers (subscribed before any relay starts).
     pub consumers: fn(&Arc<ServiceRuntime>) -> Vec<Consumer>,
+    /// The service's scheduled jobs (each run once across replicas).
+    pub jobs: fn(&Arc<ServiceRuntime>) -> Vec<ScheduledJob>,
+}
+
+/// A job and when it runs.
+pub type ScheduledJob = (Arc<dyn Job>, Schedule);
+
+/// For services that have no jobs of their own (yet).
+pub fn no_jobs(_: &Arc<ServiceRuntime>) -> Vec<ScheduledJob> {
+    Vec::new()
 }
 
 /// For services that consume no events (yet).

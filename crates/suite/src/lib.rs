@@ -13,6 +13,8 @@ use loyalty_common::auth;
 use loyalty_common::config::{Config, SERVICES, standalone_port};
 use loyalty_common::db::{Db, PoolSettings};
 use loyalty_common::events::{self, EventBus};
+use loyalty_common::housekeeping::Housekeeping;
+use loyalty_common::jobs::{JobRunner, Schedule};
 use loyalty_common::runtime::{ServiceDef, ServiceRuntime};
 use loyalty_common::server::{GrpcServer, Shutdown};
 
@@ -23,6 +25,14 @@ pub const ALL_SERVICES: [ServiceDef; 4] = [
     loyalty_feedback::SERVICE,
     loyalty_retention::SERVICE,
 ];
+
+/// Housekeeping runs daily at 03:00 UTC.
+fn housekeeping_schedule() -> Schedule {
+    Schedule::DailyAt {
+        time: chrono::NaiveTime::from_hms_opt(3, 0, 0).unwrap_or_default(),
+        offset: chrono::Offset::fix(&chrono::Utc),
+    }
+}
 
 /// What to start in this process.
 #[derive(Debug, Clone)]
@@ -135,16 +145,31 @@ pub async fn start(
             config.request_timeout,
             config.shutdown_grace,
         );
+        let mut runtimes = Vec::new();
         for (def, db) in opened {
             let rt = Arc::new(ServiceRuntime::new(def, db.clone(), bus.clone()));
-            (def.register)(rt, &mut server);
-            let relay = events::Relay::new(def.name, db.clone(), bus.clone());
+            (def.register)(rt.clone(), &mut server);
+            for consumer in (def.consumers)(&rt) {
+                bus.subscribe(Arc::new(consumer), shutdown.clone()).await?;
+            }
+            runtimes.push((def, rt));
+            dbs.push(db);
+        }
+        // Relays and jobs start once every consumer is subscribed.
+        for (def, rt) in &runtimes {
+            let relay = events::Relay::new(rt.name, rt.db.clone(), bus.clone())
+                .with_notifier(rt.outbox.clone());
             let sd = shutdown.clone();
             tasks.spawn(async move {
                 relay.run(sd).await;
                 Ok(())
             });
-            dbs.push(db);
+            let mut jobs = (def.jobs)(rt);
+            jobs.push((Arc::new(Housekeeping::default()), housekeeping_schedule()));
+            for (job, schedule) in jobs {
+                let handle = JobRunner::new(rt.db.clone()).spawn(job, schedule, shutdown.clone());
+                tasks.spawn(async move { handle.await.map_err(anyhow::Error::from) });
+            }
         }
         let engine = dbs.first().map_or("none", |d| d.engine().as_str());
         description = format!("storage {engine}, events {}", bus.transport());

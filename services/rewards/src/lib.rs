@@ -8,7 +8,7 @@
 
 mod grpc;
 
-use loyalty_common::runtime::{ServiceDef, no_consumers};
+use loyalty_common::runtime::{ServiceDef, no_consumers, no_jobs};
 
 /// How the launcher starts this service.
 pub const SERVICE: ServiceDef = ServiceDef {
@@ -16,4 +16,5 @@ pub const SERVICE: ServiceDef = ServiceDef {
     migrations: &[],
     register: grpc::register,
     consumers: no_consumers,
+    jobs: no_jobs,
 };

@@ -8,7 +8,8 @@ CREATE TABLE jobs (
     cursor            TEXT,            -- where the current run resumes
     processed         BIGINT NOT NULL DEFAULT 0,
     started_at        BIGINT,
-    last_run_key      TEXT,            -- last slot run to completion
+    last_run_key      TEXT,            -- last run (scheduled or manual) finished
+    last_slot         TEXT,            -- last scheduled slot finished; slots sort by time
     last_finished_at  BIGINT,
     last_error        TEXT,
     updated_at        BIGINT NOT NULL

@@ -170,18 +170,4 @@ impl Relay {
         }
         let _ = crate::lease::release(&self.db, &self.lease_name(), &self.holder).await;
     }
-
-    /// Deletes published rows older than `age` (the outbox is not an
-    /// archive; JetStream and consumers' inboxes hold what they need).
-    pub async fn purge_published(db: &Db, age: Duration) -> Result<u64, sqlx::Error> {
-        let cutoff = now_micros() - i64::try_from(age.as_micros()).unwrap_or(i64::MAX / 2);
-        let mut tx = db.begin().await?;
-        let done =
-            sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected())
-    }
 }
