@@ -231,3 +231,89 @@ async fn restart_keeps_data_and_the_secret() {
     }
     assert!(dir.path().join("auth.secret").exists());
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS JetStream: set LOYALTY_TEST_POSTGRES_URL and LOYALTY_TEST_NATS_URL and run with --include-ignored (CI does)"]
+async fn suite_runs_on_postgres_and_nats() {
+    use loyalty_proto::loyalty::membership::v1::GetServiceInfoRequest;
+    use loyalty_proto::loyalty::membership::v1::membership_service_client::MembershipServiceClient;
+    use sqlx::Connection;
+
+    let admin = std::env::var(loyalty_common::testing::POSTGRES_ENV).unwrap();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&admin).await.unwrap();
+    for s in ["membership", "rewards", "feedback", "retention"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE loyalty_test_{id}_{s}"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let base = admin.rsplit_once('/').unwrap().0;
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = Source::default();
+    src.set("data_dir", dir.path().display().to_string());
+    src.set("listen", "127.0.0.1:0");
+    src.set("http_listen", "127.0.0.1:0");
+    src.set(
+        "database_url",
+        format!("{base}/loyalty_test_{id}_{{service}}"),
+    );
+    src.set("nats_url", loyalty_common::testing::nats_url());
+    src.set("nats_stream", format!("TEST_{id}"));
+    src.set(
+        "auth_secret",
+        "an-operator-chosen-secret-of-32-bytes-or-more",
+    );
+    let config = Config::from_source(&src, "127.0.0.1:0".parse().unwrap()).unwrap();
+    assert!(!config.is_embedded());
+    let (trigger, shutdown) = Shutdown::new();
+    let running = start(&config, Selection::suite(), shutdown).await.unwrap();
+    assert!(
+        running.dev_credential.is_none(),
+        "no development credential outside the embedded default"
+    );
+
+    let secret = loyalty_common::auth::Secret::new(
+        b"an-operator-chosen-secret-of-32-bytes-or-more".to_vec(),
+    );
+    let token = loyalty_common::auth::Minter::new(secret)
+        .mint(
+            &loyalty_common::auth::Principal::System {
+                program_id: "p1".into(),
+                key_id: "ops".into(),
+                role: loyalty_common::auth::Role::Backend,
+            },
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let mut client =
+        MembershipServiceClient::connect(format!("http://{}", running.grpc_addr.unwrap()))
+            .await
+            .unwrap();
+    let mut req = tonic::Request::new(GetServiceInfoRequest {});
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let info = client
+        .get_service_info(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .info
+        .unwrap();
+    assert_eq!(info.storage_engine, "postgres");
+    assert_eq!(info.event_transport, "nats");
+    trigger.fire();
+    running.wait().await.unwrap();
+    loyalty_common::events::NatsBus::connect(
+        &loyalty_common::testing::nats_url(),
+        &format!("TEST_{id}"),
+    )
+    .await
+    .unwrap()
+    .delete_stream()
+    .await
+    .unwrap();
+}

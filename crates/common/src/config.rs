@@ -73,7 +73,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "nats_stream",
-        "JetStream stream holding domain events [default: LOYALTY_EVENTS]",
+        "JetStream stream holding domain events; its subjects are its name in lower case with dots (LOYALTY_EVENTS: loyalty.events.>) [default: LOYALTY_EVENTS]",
     ),
     (
         "auth_secret",

@@ -8,6 +8,12 @@
 //! runner checks, in that same transaction, that it still holds the lease,
 //! and records the cursor; a replica that lost its lease cannot commit a
 //! chunk, and a chunk is never applied twice.
+//!
+//! A [`Schedule`] names each due run by its slot (`2026-11-24`, or the
+//! interval's start); slots sort by time, and a slot at or before the last
+//! finished one never runs again. Manual runs ([`JobRunner::trigger`]) are
+//! keyed `manual-<uuid>` and do not consume a slot. Progress is in
+//! [`status`] and in `tracing` events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +45,14 @@ pub struct ChunkOutcome {
 /// A job: a name and a way to do one bounded chunk of a run.
 #[async_trait::async_trait]
 pub trait Job: Send + Sync {
+    /// Unique within the service's database: the lease and progress row.
     fn name(&self) -> &str;
+
+    /// Does the chunk of `run` starting at `run.cursor`, writing its effects
+    /// into `tx` only (the runner adds the checkpoint and commits, or rolls
+    /// everything back). Keep a chunk well under the lease duration, and do
+    /// no slow remote calls in it: on SQLite `tx` holds the database's one
+    /// writer. Do not call `db.begin()` inside (that would wait on itself).
     async fn run_chunk(&self, tx: &mut Tx, run: &RunState) -> Result<ChunkOutcome, ServiceError>;
 }
 
@@ -106,14 +119,22 @@ pub struct RunReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobStatus {
     pub name: String,
+    /// The replica holding (or last holding) the lease.
     pub holder: Option<String>,
-    /// The run in progress, if any.
+    /// The run in progress or interrupted, if any.
     pub run_key: Option<String>,
+    /// Where that run resumes.
     pub cursor: Option<String>,
+    /// Items processed by the current run, or by the last one when idle.
     pub processed: u64,
+    /// Start of the current (or last) run, unix micros.
     pub started_at: Option<i64>,
+    /// The last run (scheduled or manual) that finished.
     pub last_run_key: Option<String>,
+    /// The last scheduled slot that finished: slots up to it never run again.
+    pub last_slot: Option<String>,
     pub last_finished_at: Option<i64>,
+    /// Why the last attempt failed; cleared when a run finishes.
     pub last_error: Option<String>,
 }
 
@@ -124,15 +145,16 @@ type Row = (
     i64,
     Option<i64>,
     Option<String>,
+    Option<String>,
     Option<i64>,
     Option<String>,
 );
 
-/// Reads a job's progress.
+/// Reads a job's progress (`None` before its first run).
 pub async fn status(db: &Db, name: &str) -> Result<Option<JobStatus>, ServiceError> {
     let row: Option<Row> = sqlx::query_as(
-        "SELECT holder, run_key, cursor, processed, started_at, last_run_key, last_finished_at, last_error \
-         FROM jobs WHERE name = $1",
+        "SELECT holder, run_key, cursor, processed, started_at, last_run_key, last_slot, \
+         last_finished_at, last_error FROM jobs WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(db.pool())
@@ -145,16 +167,30 @@ pub async fn status(db: &Db, name: &str) -> Result<Option<JobStatus>, ServiceErr
         processed: u64::try_from(r.3).unwrap_or(0),
         started_at: r.4,
         last_run_key: r.5,
-        last_finished_at: r.6,
-        last_error: r.7,
+        last_slot: r.6,
+        last_finished_at: r.7,
+        last_error: r.8,
     }))
+}
+
+/// Run keys of manual runs start with this; scheduled slots start with a digit.
+const MANUAL_PREFIX: &str = "manual-";
+
+/// True when `slot` finished already (or a later one did: a replica whose
+/// clock lags must not run yesterday's slot again).
+fn slot_done(slot: &str, last_slot: Option<&str>) -> bool {
+    last_slot.is_some_and(|last| last >= slot)
 }
 
 fn lease_lost(name: &str) -> ServiceError {
     ServiceError::Conflict(format!("job {name}: lease lost to another replica"))
 }
 
-/// Runs jobs of one database, as one holder.
+fn as_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Runs jobs of one database as one lease holder (one per replica).
 #[derive(Debug, Clone)]
 pub struct JobRunner {
     db: Db,
@@ -163,6 +199,7 @@ pub struct JobRunner {
 }
 
 impl JobRunner {
+    /// A runner with a fresh holder id and a 30 s lease.
     pub fn new(db: Db) -> Self {
         Self {
             db,
@@ -171,151 +208,257 @@ impl JobRunner {
         }
     }
 
-    /// Lease duration; a crashed holder is replaced after it (renewed at
-    /// every chunk, so a chunk must take less).
+    /// Lease duration: a crashed holder is replaced after it. It is renewed
+    /// at every chunk, so one chunk must take less.
     #[must_use]
     pub fn with_lease(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
         self
     }
 
+    /// This runner's lease holder id.
     pub fn holder(&self) -> &str {
         &self.holder
     }
 
-    /// Runs the slot due at `now` if it has not run yet and no other replica
-    /// is running the job. An interrupted earlier run is resumed first.
+    /// Runs the slot due at `now` unless it (or a later one) finished or
+    /// another replica holds the job. An interrupted earlier run is resumed
+    /// from its cursor first. `None` when nothing ran here.
     pub async fn run_due(
         &self,
         job: &dyn Job,
         schedule: &Schedule,
         now: DateTime<Utc>,
     ) -> Result<Option<RunReport>, ServiceError> {
-        self.run(job, &schedule.slot(now)).await
+        self.run(job, &schedule.slot(now), None).await
     }
 
-    /// Runs the job now, outside its schedule (e.g. an RPC asked for it).
+    /// Runs the job now, outside its schedule (an RPC asked for it), with
+    /// run key `manual-<uuid>`; it does not count as a scheduled slot. An
+    /// interrupted run is finished first. `None` when another replica holds
+    /// the job (ask again later).
     pub async fn trigger(&self, job: &dyn Job) -> Result<Option<RunReport>, ServiceError> {
-        self.run(job, &format!("manual-{}", uuid::Uuid::now_v7()))
-            .await
+        let key = format!("{MANUAL_PREFIX}{}", uuid::Uuid::now_v7());
+        self.run(job, &key, None).await
     }
 
-    async fn run(&self, job: &dyn Job, slot: &str) -> Result<Option<RunReport>, ServiceError> {
+    /// Runs `job` on `schedule` until `shutdown`. A run stops between chunks
+    /// and gives its lease up, so another replica resumes it at once.
+    pub fn spawn(
+        self,
+        job: Arc<dyn Job>,
+        schedule: Schedule,
+        shutdown: Shutdown,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            while !shutdown.is_fired() {
+                let slot = schedule.slot(Utc::now());
+                if let Err(e) = self.run(job.as_ref(), &slot, Some(&shutdown)).await {
+                    tracing::warn!(job = job.name(), error = %e, "scheduled run failed");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(schedule.check_interval()) => {}
+                    () = shutdown.wait() => {}
+                }
+            }
+        })
+    }
+
+    async fn run(
+        &self,
+        job: &dyn Job,
+        wanted: &str,
+        stop: Option<&Shutdown>,
+    ) -> Result<Option<RunReport>, ServiceError> {
         let name = job.name();
+        // Cheap check without the lease: most checks find nothing to do.
         if let Some(s) = status(&self.db, name).await?
-            && s.last_run_key.as_deref() == Some(slot)
             && s.run_key.is_none()
+            && slot_done(wanted, s.last_slot.as_deref())
         {
             return Ok(None);
         }
         if !crate::lease::try_acquire(&self.db, name, &self.holder, self.lease_ttl).await? {
             return Ok(None);
         }
-        let result = self.run_leased(job, slot).await;
+        let result = self.run_leased(job, wanted, stop).await;
         if let Err(e) = &result {
             tracing::warn!(job = name, error = %e, "job run failed; it resumes from its last checkpoint");
-            let _ = sqlx::query("UPDATE jobs SET last_error = $1, updated_at = $2 WHERE name = $3")
-                .bind(e.to_string())
-                .bind(now_micros())
-                .bind(name)
-                .execute(self.db.pool())
-                .await;
+            if let Err(e2) = self.record_error(name, &e.to_string()).await {
+                tracing::warn!(job = name, error = %e2, "could not record the job's error");
+            }
         }
-        let _ = crate::lease::release(&self.db, name, &self.holder).await;
+        if let Err(e) = crate::lease::release(&self.db, name, &self.holder).await {
+            // it expires by itself
+            tracing::warn!(job = name, error = %e, "could not release the job lease");
+        }
         result
     }
 
+    /// Holding the lease: resume an interrupted run if there is one, then
+    /// run `wanted` unless it is done.
     async fn run_leased(
         &self,
         job: &dyn Job,
-        slot: &str,
+        wanted: &str,
+        stop: Option<&Shutdown>,
     ) -> Result<Option<RunReport>, ServiceError> {
         let name = job.name();
-        // Holding the lease, decide which run to do: an interrupted one
-        // first, else the due slot unless it is done.
-        let s = status(&self.db, name)
-            .await?
-            .ok_or_else(|| lease_lost(name))?;
-        let (run_key, resumed) = match s.run_key {
-            Some(k) => (k, true),
-            None if s.last_run_key.as_deref() == Some(slot) => return Ok(None),
-            None => {
-                let mut tx = self.db.begin().await?;
-                self.renew(&mut tx, name).await?;
-                sqlx::query(
-                    "UPDATE jobs SET run_key = $1, cursor = NULL, processed = 0, started_at = $2, \
-                     last_error = NULL WHERE name = $3",
-                )
-                .bind(slot)
-                .bind(now_micros())
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                (slot.to_owned(), false)
+        let mut report = None;
+        // at most two runs: an interrupted one, then the wanted one
+        for _ in 0..2 {
+            let s = status(&self.db, name)
+                .await?
+                .ok_or_else(|| lease_lost(name))?;
+            let run = match s.run_key {
+                Some(run_key) => {
+                    tracing::info!(job = name, run = %run_key, processed = s.processed, "resuming interrupted run");
+                    Run {
+                        state: RunState {
+                            run_key,
+                            cursor: s.cursor,
+                        },
+                        processed: s.processed,
+                        resumed: true,
+                    }
+                }
+                None if report.is_some() || slot_done(wanted, s.last_slot.as_deref()) => {
+                    return Ok(report);
+                }
+                None => self.start(name, wanted).await?,
+            };
+            let Some(done) = self.run_chunks(job, run, stop).await? else {
+                return Ok(None); // stopped by shutdown; resumable
+            };
+            let is_wanted = done.run_key == wanted;
+            report = Some(done);
+            if is_wanted {
+                break;
             }
-        };
-        if resumed {
-            tracing::info!(job = name, run = %run_key, processed = s.processed, "resuming interrupted run");
         }
-        let mut state = RunState {
-            run_key: run_key.clone(),
-            cursor: if resumed { s.cursor } else { None },
-        };
-        let mut processed = if resumed { s.processed } else { 0 };
+        Ok(report)
+    }
+
+    async fn start(&self, name: &str, run_key: &str) -> Result<Run, ServiceError> {
+        let mut tx = self.db.begin().await?;
+        self.renew(&mut tx, name).await?;
+        sqlx::query(
+            "UPDATE jobs SET run_key = $1, cursor = NULL, processed = 0, started_at = $2, \
+             updated_at = $2 WHERE name = $3 AND holder = $4",
+        )
+        .bind(run_key)
+        .bind(now_micros())
+        .bind(name)
+        .bind(&self.holder)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(job = name, run = %run_key, "job run started");
+        Ok(Run {
+            state: RunState {
+                run_key: run_key.to_owned(),
+                cursor: None,
+            },
+            processed: 0,
+            resumed: false,
+        })
+    }
+
+    /// Runs chunks to the end of the run, each in its own transaction with
+    /// its checkpoint. `None` when `stop` fired between chunks.
+    async fn run_chunks(
+        &self,
+        job: &dyn Job,
+        mut run: Run,
+        stop: Option<&Shutdown>,
+    ) -> Result<Option<RunReport>, ServiceError> {
+        let name = job.name();
         let mut chunks = 0;
         loop {
-            let mut tx = self.db.begin().await?;
-            self.renew(&mut tx, name).await?;
-            let outcome = job.run_chunk(&mut tx, &state).await?;
-            processed += outcome.processed;
-            chunks += 1;
-            let finished = outcome.next_cursor.is_none();
-            let now = now_micros();
-            if finished {
-                sqlx::query(
-                    "UPDATE jobs SET run_key = NULL, cursor = NULL, processed = $1, last_run_key = $2, \
-                     last_finished_at = $3, last_error = NULL, updated_at = $3 WHERE name = $4",
-                )
-                .bind(i64::try_from(processed).unwrap_or(i64::MAX))
-                .bind(&run_key)
-                .bind(now)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-            } else {
-                sqlx::query(
-                    "UPDATE jobs SET cursor = $1, processed = $2, updated_at = $3 WHERE name = $4",
-                )
-                .bind(&outcome.next_cursor)
-                .bind(i64::try_from(processed).unwrap_or(i64::MAX))
-                .bind(now)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
+            if stop.is_some_and(Shutdown::is_fired) {
+                tracing::info!(job = name, run = %run.state.run_key, processed = run.processed, "stopping between chunks");
+                return Ok(None);
             }
+            let mut tx = self.db.begin().await?;
+            // Renewing locks the job's row until commit: no other replica
+            // can take the lease while this chunk is in flight.
+            self.renew(&mut tx, name).await?;
+            let outcome = job.run_chunk(&mut tx, &run.state).await?;
+            run.processed += outcome.processed;
+            chunks += 1;
+            self.checkpoint(&mut tx, name, &run, outcome.next_cursor.as_deref())
+                .await?;
             tx.commit().await?;
-            tracing::debug!(job = name, run = %run_key, processed, "chunk committed");
-            if finished {
-                tracing::info!(job = name, run = %run_key, processed, chunks, "job run finished");
+            tracing::debug!(job = name, run = %run.state.run_key, processed = run.processed, "chunk committed");
+            if outcome.next_cursor.is_none() {
+                tracing::info!(job = name, run = %run.state.run_key, processed = run.processed, chunks, "job run finished");
                 return Ok(Some(RunReport {
-                    run_key,
-                    processed,
+                    run_key: run.state.run_key,
+                    processed: run.processed,
                     chunks,
-                    resumed,
+                    resumed: run.resumed,
                 }));
             }
-            state.cursor = outcome.next_cursor;
+            run.state.cursor = outcome.next_cursor;
         }
     }
 
-    /// Renews the lease inside the chunk's transaction, or fails if another
-    /// replica took it (then nothing of the chunk commits).
+    /// Records where the run resumes (or that it finished) in the chunk's
+    /// transaction, only while this runner holds the lease: a replica that
+    /// lost it cannot commit a chunk.
+    async fn checkpoint(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        run: &Run,
+        next_cursor: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        let now = now_micros();
+        let done = if let Some(cursor) = next_cursor {
+            sqlx::query(
+                "UPDATE jobs SET cursor = $1, processed = $2, updated_at = $3 \
+                 WHERE name = $4 AND holder = $5",
+            )
+            .bind(cursor)
+            .bind(as_i64(run.processed))
+            .bind(now)
+            .bind(name)
+            .bind(&self.holder)
+            .execute(&mut **tx)
+            .await?
+        } else {
+            let key = &run.state.run_key;
+            let slot = (!key.starts_with(MANUAL_PREFIX)).then_some(key.as_str());
+            sqlx::query(
+                "UPDATE jobs SET run_key = NULL, cursor = NULL, processed = $1, last_run_key = $2, \
+                 last_slot = COALESCE($3, last_slot), last_finished_at = $4, last_error = NULL, \
+                 updated_at = $4 WHERE name = $5 AND holder = $6",
+            )
+            .bind(as_i64(run.processed))
+            .bind(key)
+            .bind(slot)
+            .bind(now)
+            .bind(name)
+            .bind(&self.holder)
+            .execute(&mut **tx)
+            .await?
+        };
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(lease_lost(name))
+        }
+    }
+
+    /// Extends the lease inside `tx`, or fails if another replica took it
+    /// (then nothing of the transaction commits). An expired lease that
+    /// nobody took is still ours: taking it would have changed the holder.
     async fn renew(&self, tx: &mut Tx, name: &str) -> Result<(), ServiceError> {
         let now = now_micros();
-        let until = now + i64::try_from(self.lease_ttl.as_micros()).unwrap_or(i64::MAX / 2);
+        let until =
+            now.saturating_add(i64::try_from(self.lease_ttl.as_micros()).unwrap_or(i64::MAX));
         let done = sqlx::query(
-            "UPDATE jobs SET lease_until = $1, updated_at = $2 WHERE name = $3 AND holder = $4 AND lease_until >= $2",
+            "UPDATE jobs SET lease_until = $1, updated_at = $2 WHERE name = $3 AND holder = $4",
         )
         .bind(until)
         .bind(now)
@@ -330,31 +473,28 @@ impl JobRunner {
         }
     }
 
-    /// Runs `job` on `schedule` until `shutdown` (between chunks a run is
-    /// safe to stop: it resumes from its checkpoint).
-    pub fn spawn(
-        self,
-        job: Arc<dyn Job>,
-        schedule: Schedule,
-        shutdown: Shutdown,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    res = self.run_due(job.as_ref(), &schedule, Utc::now()) => {
-                        if let Err(e) = res {
-                            tracing::warn!(job = job.name(), error = %e, "scheduled run failed");
-                        }
-                    }
-                    () = shutdown.wait() => return,
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(schedule.check_interval()) => {}
-                    () = shutdown.wait() => return,
-                }
-            }
-        })
+    /// Notes a failed attempt for [`status`] (only while holding the lease,
+    /// so a replica that lost it does not overwrite the new holder's state).
+    async fn record_error(&self, name: &str, error: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query(
+            "UPDATE jobs SET last_error = $1, updated_at = $2 WHERE name = $3 AND holder = $4",
+        )
+        .bind(error)
+        .bind(now_micros())
+        .bind(name)
+        .bind(&self.holder)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
     }
+}
+
+/// A run in this runner's hands.
+struct Run {
+    state: RunState,
+    processed: u64,
+    resumed: bool,
 }
 
 #[cfg(test)]

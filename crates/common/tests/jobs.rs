@@ -3,7 +3,7 @@
 //! processed exactly once, a finished slot does not run again, progress is
 //! reported.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -17,6 +17,17 @@ const ITEMS: i64 = 95;
 /// Marks items 10 at a time, in id order; cursor = last id done.
 struct MarkItems {
     pause: Duration,
+    /// Fails once, after writing its effects, on the chunk starting here.
+    fail_after: Mutex<Option<i64>>,
+}
+
+impl MarkItems {
+    fn new(pause: Duration) -> Self {
+        Self {
+            pause,
+            fail_after: Mutex::new(None),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -38,6 +49,9 @@ impl Job for MarkItems {
                 .bind(id)
                 .execute(&mut **tx)
                 .await?;
+        }
+        if after > 0 && self.fail_after.lock().unwrap().take_if(|f| *f == after).is_some() {
+            return Err(ServiceError::Unavailable("injected failure".into()));
         }
         Ok(ChunkOutcome {
             next_cursor: if ids.len() < 10 {
@@ -81,9 +95,7 @@ fn daily() -> Schedule {
 
 async fn racing_runners_run_the_slot_once(engine: TestEngine) {
     let db = setup(engine).await;
-    let job = Arc::new(MarkItems {
-        pause: Duration::from_millis(2),
-    });
+    let job = Arc::new(MarkItems::new(Duration::from_millis(2)));
     let now = Utc::now();
     let mut handles = Vec::new();
     for _ in 0..4 {
@@ -110,9 +122,7 @@ async fn racing_runners_run_the_slot_once(engine: TestEngine) {
 
 async fn a_finished_slot_does_not_run_again(engine: TestEngine) {
     let db = setup(engine).await;
-    let job = MarkItems {
-        pause: Duration::ZERO,
-    };
+    let job = MarkItems::new(Duration::ZERO);
     let runner = JobRunner::new(db.db.clone());
     let now = Utc::now();
     assert!(runner.run_due(&job, &daily(), now).await.unwrap().is_some());
@@ -138,9 +148,7 @@ async fn a_finished_slot_does_not_run_again(engine: TestEngine) {
 
 async fn a_crashed_run_resumes_from_its_checkpoint(engine: TestEngine) {
     let db = setup(engine).await;
-    let job = MarkItems {
-        pause: Duration::from_millis(40),
-    };
+    let job = MarkItems::new(Duration::from_millis(40));
     let now = Utc::now();
     let first = JobRunner::new(db.db.clone()).with_lease(Duration::from_millis(400));
     // The process "dies" mid-run: its future is dropped between chunks.
@@ -175,9 +183,7 @@ async fn a_crashed_run_resumes_from_its_checkpoint(engine: TestEngine) {
 
 async fn manual_trigger_runs_beside_the_schedule(engine: TestEngine) {
     let db = setup(engine).await;
-    let job = MarkItems {
-        pause: Duration::ZERO,
-    };
+    let job = MarkItems::new(Duration::ZERO);
     let runner = JobRunner::new(db.db.clone());
     let report = runner.trigger(&job).await.unwrap().unwrap();
     assert!(report.run_key.starts_with("manual-"));

@@ -45,9 +45,12 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
 }
 
 impl NatsBus {
-    /// Connects and makes sure the stream exists (subjects `loyalty.events.>`).
+    /// Connects and makes sure the stream exists. Its subjects follow from
+    /// its name, so two streams never overlap: `LOYALTY_EVENTS` holds
+    /// `loyalty.events.>`.
     pub async fn connect(url: &str, stream: &str) -> Result<Self, BusError> {
-        Self::connect_with(url, stream, "loyalty.events").await
+        let prefix = stream.to_ascii_lowercase().replace(['_', '-'], ".");
+        Self::connect_with(url, stream, &prefix).await
     }
 
     /// As [`connect`](Self::connect) with another subject prefix (tests
