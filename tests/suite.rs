@@ -28,14 +28,19 @@ struct Suite {
     _dir: tempfile::TempDir,
 }
 
+/// The embedded default with its data under `dir`, on ephemeral ports.
+fn embedded_config(dir: &std::path::Path) -> Config {
+    let mut src = Source::default();
+    src.set("data_dir", dir.display().to_string());
+    src.set("listen", "127.0.0.1:0");
+    src.set("http_listen", "127.0.0.1:0");
+    Config::from_source(&src, "127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
 impl Suite {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut src = Source::default();
-        src.set("data_dir", dir.path().display().to_string());
-        src.set("listen", "127.0.0.1:0");
-        src.set("http_listen", "127.0.0.1:0");
-        let config = Config::from_source(&src, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let config = embedded_config(dir.path());
         let (trigger, shutdown) = Shutdown::new();
         let running = start(&config, Selection::suite(), shutdown).await.unwrap();
         let channel = Channel::from_shared(format!("http://{}", running.grpc_addr.unwrap()))
@@ -212,17 +217,31 @@ async fn gateway_is_ready_when_every_service_serves() {
 
 #[tokio::test]
 async fn restart_keeps_data_and_the_secret() {
+    use loyalty_proto::loyalty::retention::v1::GetServiceInfoRequest;
+    use loyalty_proto::loyalty::retention::v1::retention_service_client::RetentionServiceClient;
+
     let dir = tempfile::tempdir().unwrap();
-    let mut src = Source::default();
-    src.set("data_dir", dir.path().display().to_string());
-    src.set("listen", "127.0.0.1:0");
-    src.set("http_listen", "127.0.0.1:0");
-    let config = Config::from_source(&src, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let mut tokens = Vec::new();
-    for _ in 0..2 {
+    let config = embedded_config(dir.path());
+    let mut first_token = None;
+    for run in 0..2 {
         let (trigger, shutdown) = Shutdown::new();
         let running = start(&config, Selection::suite(), shutdown).await.unwrap();
-        tokens.push(running.dev_credential.clone().unwrap().token);
+        let token = first_token
+            .get_or_insert_with(|| running.dev_credential.clone().unwrap().token)
+            .clone();
+        let mut client =
+            RetentionServiceClient::connect(format!("http://{}", running.grpc_addr.unwrap()))
+                .await
+                .unwrap();
+        let mut req = tonic::Request::new(GetServiceInfoRequest {});
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let info = client.get_service_info(req).await;
+        assert!(
+            info.is_ok(),
+            "run {run}: a token minted before the restart still verifies: {info:?}"
+        );
+        drop(client);
         trigger.fire();
         running.wait().await.unwrap();
     }

@@ -10,6 +10,7 @@ use chrono::Utc;
 use loyalty_common::ServiceError;
 use loyalty_common::db::{Db, Tx};
 use loyalty_common::jobs::{ChunkOutcome, Job, JobRunner, RunState, Schedule, status};
+use loyalty_common::server::Shutdown;
 use loyalty_common::testing::{TestDb, TestEngine};
 
 const ITEMS: i64 = 95;
@@ -50,7 +51,14 @@ impl Job for MarkItems {
                 .execute(&mut **tx)
                 .await?;
         }
-        if after > 0 && self.fail_after.lock().unwrap().take_if(|f| *f == after).is_some() {
+        if after > 0
+            && self
+                .fail_after
+                .lock()
+                .unwrap()
+                .take_if(|f| *f == after)
+                .is_some()
+        {
             return Err(ServiceError::Unavailable("injected failure".into()));
         }
         Ok(ChunkOutcome {
@@ -197,9 +205,138 @@ async fn manual_trigger_runs_beside_the_schedule(engine: TestEngine) {
     assert!(runs_per_item(&db).await.iter().all(|r| *r == 2));
 }
 
+async fn a_manual_run_does_not_consume_the_slot_and_a_lagging_clock_does_not_rerun(
+    engine: TestEngine,
+) {
+    let db = setup(engine).await;
+    let job = MarkItems::new(Duration::ZERO);
+    let runner = JobRunner::new(db.db.clone());
+    let now = Utc::now();
+    runner.run_due(&job, &daily(), now).await.unwrap().unwrap();
+    runner.trigger(&job).await.unwrap().unwrap();
+    assert!(
+        runner.run_due(&job, &daily(), now).await.unwrap().is_none(),
+        "the slot stays done after a manual run"
+    );
+    let yesterday = now - chrono::Duration::days(1);
+    assert!(
+        runner
+            .run_due(&job, &daily(), yesterday)
+            .await
+            .unwrap()
+            .is_none(),
+        "a replica whose clock lags does not run an earlier slot"
+    );
+    assert!(runs_per_item(&db).await.iter().all(|r| *r == 2));
+    let s = status(&db, "mark-items").await.unwrap().unwrap();
+    assert!(s.last_run_key.unwrap().starts_with("manual-"));
+    assert_eq!(s.last_slot.unwrap(), daily().slot(now));
+}
+
+async fn a_failed_chunk_rolls_back_and_the_run_resumes(engine: TestEngine) {
+    let db = setup(engine).await;
+    let job = MarkItems::new(Duration::ZERO);
+    *job.fail_after.lock().unwrap() = Some(30);
+    let runner = JobRunner::new(db.db.clone());
+    let now = Utc::now();
+    let err = runner.run_due(&job, &daily(), now).await.unwrap_err();
+    assert!(matches!(err, ServiceError::Unavailable(_)), "{err:?}");
+    let s = status(&db, "mark-items").await.unwrap().unwrap();
+    assert_eq!(
+        s.cursor.as_deref(),
+        Some("30"),
+        "checkpoint before the failure"
+    );
+    assert_eq!(s.processed, 30);
+    assert!(s.last_error.unwrap().contains("injected failure"));
+    assert_eq!(s.holder, None, "the lease was given up");
+    let runs = runs_per_item(&db).await;
+    assert!(
+        runs[..30].iter().all(|r| *r == 1) && runs[30..].iter().all(|r| *r == 0),
+        "the failed chunk's effects rolled back"
+    );
+    // any replica picks it up at once from the checkpoint
+    let report = JobRunner::new(db.db.clone())
+        .run_due(&job, &daily(), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.resumed && report.chunks == 7, "{report:?}");
+    assert!(runs_per_item(&db).await.iter().all(|r| *r == 1));
+    let s = status(&db, "mark-items").await.unwrap().unwrap();
+    assert!(s.last_error.is_none() && s.run_key.is_none());
+}
+
+/// Chunks slower than the lease: replicas keep taking the job from each
+/// other, and a replica that lost the lease never commits its chunk.
+async fn replicas_stealing_an_expired_lease_process_each_item_once(engine: TestEngine) {
+    let db = setup(engine).await;
+    let job = Arc::new(MarkItems::new(Duration::from_millis(120)));
+    let now = Utc::now();
+    let slot = daily().slot(now);
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let runner = JobRunner::new(db.db.clone()).with_lease(Duration::from_millis(80));
+        let (job, db, slot) = (job.clone(), db.db.clone(), slot.clone());
+        handles.push(tokio::spawn(async move {
+            let mut lost = 0;
+            loop {
+                if let Err(e) = runner.run_due(job.as_ref(), &daily(), now).await {
+                    assert!(matches!(e, ServiceError::Conflict(_)), "{e:?}");
+                    lost += 1;
+                }
+                let s = status(&db, "mark-items").await.unwrap().unwrap();
+                if s.last_slot.as_deref() == Some(slot.as_str()) {
+                    return lost;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    let mut lost = 0;
+    for h in handles {
+        lost += h.await.unwrap();
+    }
+    eprintln!("DEBUG {engine:?} lost={lost}");
+    assert!(
+        runs_per_item(&db).await.iter().all(|r| *r == 1),
+        "every item exactly once ({lost} chunks refused for a lost lease)"
+    );
+}
+
+async fn shutdown_stops_between_chunks_and_frees_the_job(engine: TestEngine) {
+    let db = setup(engine).await;
+    let job = Arc::new(MarkItems::new(Duration::from_millis(30)));
+    let (trigger, shutdown) = Shutdown::new();
+    let handle = JobRunner::new(db.db.clone()).spawn(job.clone(), daily(), shutdown);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    trigger.fire();
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .expect("the runner stops promptly")
+        .unwrap();
+    let s = status(&db, "mark-items").await.unwrap().unwrap();
+    assert!(
+        s.run_key.is_some() && s.processed > 0,
+        "stopped mid-run: {s:?}"
+    );
+    assert_eq!(s.holder, None, "the lease was given up");
+    let report = JobRunner::new(db.db.clone())
+        .run_due(job.as_ref(), &daily(), Utc::now())
+        .await
+        .unwrap()
+        .expect("another replica resumes without waiting for the lease to expire");
+    assert!(report.resumed);
+    assert!(runs_per_item(&db).await.iter().all(|r| *r == 1));
+}
+
 loyalty_common::test_on_both_engines!(
     racing_runners_run_the_slot_once,
     a_finished_slot_does_not_run_again,
     a_crashed_run_resumes_from_its_checkpoint,
     manual_trigger_runs_beside_the_schedule,
+    a_manual_run_does_not_consume_the_slot_and_a_lagging_clock_does_not_rerun,
+    a_failed_chunk_rolls_back_and_the_run_resumes,
+    replicas_stealing_an_expired_lease_process_each_item_once,
+    shutdown_stops_between_chunks_and_frees_the_job,
 );

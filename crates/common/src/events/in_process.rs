@@ -9,7 +9,6 @@
 //! relays start; events published before a consumer subscribed are not
 //! delivered to it.
 
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
 use loyalty_proto::events::EventEnvelope;
@@ -58,12 +57,6 @@ impl InProcessBus {
     }
 }
 
-fn partition_of(key: &str, n: usize) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % n as u64) as usize
-}
-
 fn closed() -> BusError {
     BusError::Unavailable("in-process consumer stopped (shutting down)".into())
 }
@@ -88,7 +81,7 @@ impl EventBus for InProcessBus {
                     continue;
                 }
                 let (done, rx) = oneshot::channel();
-                let lane = &sub.partitions[partition_of(key, sub.partitions.len())];
+                let lane = &sub.partitions[super::partition_of(key, sub.partitions.len())];
                 lane.send(Job {
                     event: event.clone(),
                     done,

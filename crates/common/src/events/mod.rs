@@ -58,6 +58,15 @@ pub fn ordering_key(env: &EventEnvelope) -> &str {
     }
 }
 
+/// The partition (of `n`) that handles an ordering key: one key always
+/// lands in the same partition, which handles its events in order.
+pub(crate) fn partition_of(key: &str, n: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % n as u64) as usize
+}
+
 /// The short type name of an envelope (`PurchaseCompleted`).
 pub fn short_type(env: &EventEnvelope) -> &str {
     env.event_type.rsplit('.').next().unwrap_or_default()

@@ -183,7 +183,7 @@ impl EventBus for NatsBus {
                 };
                 match EventEnvelope::decode(msg.payload.as_ref()) {
                     Ok(env) => {
-                        let i = partition_of(super::ordering_key(&env), lanes.len());
+                        let i = super::partition_of(super::ordering_key(&env), lanes.len());
                         if lanes[i].send((env, msg)).await.is_err() {
                             break;
                         }
@@ -200,13 +200,6 @@ impl EventBus for NatsBus {
 }
 
 const PARTITIONS: usize = 8;
-
-fn partition_of(key: &str, n: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % n as u64) as usize
-}
 
 /// Applies one partition's events in order. An event that cannot even be
 /// recorded (database down) is retried in place, so later events of its key
