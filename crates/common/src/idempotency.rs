@@ -5,7 +5,14 @@
 //!
 //! A concurrent duplicate on PostgreSQL blocks on the key's unique index
 //! until the first transaction ends, then sees its stored answer (or, if it
-//! rolled back, claims the key itself). On SQLite writers are serialised.
+//! rolled back, claims the key itself). This relies on READ COMMITTED, the
+//! isolation [`Db::begin`] uses: the SELECT after the blocked insert takes a
+//! fresh snapshot that includes the winner's row. On SQLite writers are
+//! serialised, so a duplicate simply runs after the first.
+//!
+//! Services name the request field `idempotency_key` ([`KEY_FIELD`]); the
+//! scope is the method and the program (`rewards.Redeem/<program_id>`), so
+//! keys of different programs never collide.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +25,9 @@ use crate::db::{Db, Tx, now_micros};
 
 /// Longest accepted idempotency key.
 pub const MAX_KEY_LEN: usize = 128;
+
+/// The request field carrying the key, named in validation errors.
+pub const KEY_FIELD: &str = "idempotency_key";
 
 /// The result of claiming a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,10 +127,15 @@ pub async fn complete(
 /// A boxed future borrowing the transaction.
 pub type WorkFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, ServiceError>> + Send + 't>>;
 
-/// Runs `work` once per (`scope`, `key`): begins a transaction, claims the
-/// key, runs the work in it, stores the encoded answer, commits. A replay
-/// decodes the stored answer; other parameters give `IdempotencyKeyReused`.
-/// A failing work stores nothing, so the key can be used again.
+/// Runs `work` once per (`scope`, `key`): validates the key (as field
+/// [`KEY_FIELD`]), begins a transaction, claims the key, runs the work in
+/// it, stores the encoded answer, commits. A replay decodes the stored
+/// answer; other parameters give `IdempotencyKeyReused`. A failing work
+/// stores nothing, so the key can be used again.
+///
+/// `work` writes through the transaction it is given and must not call
+/// `db.begin()` itself (on SQLite that waits for the writer it holds):
+/// `|tx| Box::pin(async move { …; Ok(resp) })`.
 pub async fn run_idempotent<Req, Resp, F>(
     db: &Db,
     scope: &str,
@@ -133,6 +148,7 @@ where
     Resp: Message + Default,
     F: for<'t> FnOnce(&'t mut Tx) -> WorkFuture<'t, Resp>,
 {
+    validate_key(KEY_FIELD, key)?;
     let print = fingerprint(request);
     let mut tx = db.begin().await?;
     match claim(&mut tx, scope, key, &print).await? {

@@ -118,7 +118,7 @@ pub async fn start(
             Some(url) => Arc::new(
                 events::NatsBus::connect(url, &config.nats_stream)
                     .await
-                    .with_context(|| format!("NATS at {url}"))?,
+                    .with_context(|| format!("NATS at {url} (setting LOYALTY_NATS_URL)"))?,
             ),
             None => Arc::new(events::InProcessBus::new()),
         };
@@ -134,7 +134,7 @@ pub async fn start(
                     .map_err(|e| anyhow::anyhow!("invalid setting LOYALTY_DATABASE_URL: {e}"))?;
                 let db = Db::open(&url, &pool, def.migrations)
                     .await
-                    .with_context(|| format!("{} database", def.name))?;
+                    .with_context(|| format!("{} database (setting LOYALTY_DATABASE_URL)", def.name))?;
                 anyhow::Ok((def, db))
             }
         }))
