@@ -115,13 +115,20 @@ pub async fn complete(
     key: &str,
     response: &[u8],
 ) -> Result<(), ServiceError> {
-    sqlx::query("UPDATE idempotency_keys SET response = $1 WHERE scope = $2 AND idem_key = $3")
-        .bind(response)
-        .bind(scope)
-        .bind(key)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    let done =
+        sqlx::query("UPDATE idempotency_keys SET response = $1 WHERE scope = $2 AND idem_key = $3")
+            .bind(response)
+            .bind(scope)
+            .bind(key)
+            .execute(&mut **tx)
+            .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(ServiceError::internal(format!(
+            "idempotency key {key:?} completed without being claimed"
+        )))
+    }
 }
 
 /// A boxed future borrowing the transaction.

@@ -134,7 +134,9 @@ pub async fn start(
                     .map_err(|e| anyhow::anyhow!("invalid setting LOYALTY_DATABASE_URL: {e}"))?;
                 let db = Db::open(&url, &pool, def.migrations)
                     .await
-                    .with_context(|| format!("{} database (setting LOYALTY_DATABASE_URL)", def.name))?;
+                    .with_context(|| {
+                        format!("{} database (setting LOYALTY_DATABASE_URL)", def.name)
+                    })?;
                 anyhow::Ok((def, db))
             }
         }))
