@@ -253,8 +253,8 @@ impl Minter {
         Self { secret }
     }
 
-    /// A token for `principal` valid for `ttl` (at most [`MAX_TOKEN_TTL`]
-    /// unless `allow_long` — only the development credential is long).
+    /// A token for `principal` valid for `ttl`, capped at [`MAX_TOKEN_TTL`]
+    /// (only [`dev_credential`] mints longer ones).
     pub fn mint(&self, principal: &Principal, ttl: Duration) -> Result<String, ServiceError> {
         self.mint_inner(principal, ttl.min(MAX_TOKEN_TTL))
     }
@@ -351,12 +351,15 @@ impl Verifier {
                 "missing credential: send `authorization: Bearer <token>` or `x-api-key`".into(),
             ));
         };
+        // the scheme is case-insensitive (RFC 9110)
         let token = v
             .to_str()
             .ok()
-            .and_then(|s| s.strip_prefix("Bearer "))
+            .and_then(|s| s.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .ok_or_else(|| unauthenticated("expected `Bearer <token>`"))?;
-        self.verify_token(token.trim())
+        self.verify_token(token)
     }
 
     fn verify_token(&self, token: &str) -> Result<Principal, ServiceError> {
@@ -385,11 +388,15 @@ impl Verifier {
                 subject: c.sub,
                 roles: c.roles,
             }),
-            "system" => Ok(Principal::System {
-                program_id: c.program_id,
-                key_id: c.key_id.unwrap_or(c.sub),
-                role: c.roles.first().copied().unwrap_or(Role::Backend),
-            }),
+            // exactly one role, never a default: a role is never implied
+            "system" => match c.roles[..] {
+                [role] => Ok(Principal::System {
+                    program_id: c.program_id,
+                    key_id: c.key_id.unwrap_or(c.sub),
+                    role,
+                }),
+                _ => Err(unauthenticated("system token without exactly one role")),
+            },
             _ => Err(unauthenticated("unknown token kind")),
         }
     }

@@ -2,6 +2,8 @@
 //! and do the work once, even when 20 duplicates race.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use loyalty_common::ServiceError;
 use loyalty_common::db::{Db, Tx};
@@ -35,6 +37,9 @@ async fn earn(db: &Db, key: &str, amount: i64) -> Result<Req, ServiceError> {
                 .bind(amount)
                 .execute(&mut **tx)
                 .await?;
+            // keeps the transaction open, so that racing duplicates meet an
+            // uncommitted claim (PostgreSQL: they block on the unique index)
+            tokio::time::sleep(Duration::from_millis(20)).await;
             if amount < 0 {
                 return Err(ServiceError::invalid("amount", "must not be negative"));
             }
@@ -115,7 +120,67 @@ async fn concurrent_duplicates_do_the_work_once(engine: TestEngine) {
     assert_eq!(rows(&db).await, 1, "the work ran exactly once");
 }
 
+async fn invalid_keys_are_refused_naming_the_field(engine: TestEngine) {
+    let db = setup(engine).await;
+    for bad in ["", "with space", &"k".repeat(129)] {
+        let err = earn(&db, bad, 1).await.unwrap_err();
+        let ServiceError::InvalidArgument(v) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(v[0].field, "idempotency_key");
+    }
+    assert_eq!(rows(&db).await, 0);
+}
+
+/// A duplicate waiting on a claim whose work then fails takes the key over
+/// and does the work itself (PostgreSQL: the blocked insert succeeds once
+/// the first transaction rolls back).
+async fn a_duplicate_of_a_failed_call_does_the_work(engine: TestEngine) {
+    let db = Arc::new(setup(engine).await);
+    let fail_first = Arc::new(AtomicBool::new(true));
+    let request = Req {
+        seconds: 7,
+        nanos: 0,
+    };
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let (db, fail_first) = (db.clone(), fail_first.clone());
+        calls.push(tokio::spawn(async move {
+            run_idempotent(&db, "test.Earn/p1", "k", &request, move |tx: &mut Tx| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO work (key, amount) VALUES ('k', 7)")
+                        .execute(&mut **tx)
+                        .await?;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if fail_first.swap(false, Ordering::SeqCst) {
+                        return Err(ServiceError::Unavailable("injected".into()));
+                    }
+                    Ok(Req {
+                        seconds: 7,
+                        nanos: 1,
+                    })
+                })
+            })
+            .await
+        }));
+    }
+    let mut ok = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(resp) => {
+                assert_eq!(resp.nanos, 1);
+                ok += 1;
+            }
+            Err(e) => assert!(matches!(e, ServiceError::Unavailable(_)), "{e:?}"),
+        }
+    }
+    assert_eq!(ok, 1, "one failed, the other did the work");
+    assert_eq!(rows(&db).await, 1);
+}
+
 loyalty_common::test_on_both_engines!(
+    invalid_keys_are_refused_naming_the_field,
+    a_duplicate_of_a_failed_call_does_the_work,
     replay_returns_the_original_answer,
     same_key_other_parameters_is_refused,
     failed_work_leaves_nothing_and_the_key_free,
