@@ -37,6 +37,18 @@ pub enum Role {
     Backend,
 }
 
+impl Role {
+    /// The name used in tokens and configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ProgramAdmin => "program_admin",
+            Self::SupportAgent => "support_agent",
+            Self::Analyst => "analyst",
+            Self::Backend => "backend",
+        }
+    }
+}
+
 impl FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -144,10 +156,15 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Reads the secret from `path`, or creates one there (32 random bytes from
-/// the OS, hex, file mode 0600) so that tokens survive restarts.
+/// the OS, hex, file mode 0600) so that tokens survive restarts. The file
+/// appears complete or not at all (written aside, then linked into place),
+/// so a replica starting at the same moment never reads half a secret.
 pub fn load_or_create_secret(path: &std::path::Path) -> std::io::Result<Secret> {
     match std::fs::read_to_string(path) {
-        Ok(s) if s.trim().len() >= 32 => return Ok(Secret::new(s.trim().as_bytes().to_vec())),
+        Ok(s) if s.trim().len() >= 32 => {
+            warn_if_readable_by_others(path);
+            return Ok(Secret::new(s.trim().as_bytes().to_vec()));
+        }
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -157,26 +174,51 @@ pub fn load_or_create_secret(path: &std::path::Path) -> std::io::Result<Secret> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
         std::fs::create_dir_all(dir)?;
     }
-    let mut bytes = [0u8; 32];
-    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes)
-        .map_err(|e| std::io::Error::other(format!("OS random source: {e}")))?;
-    let text = hex::encode(bytes);
+    let text = hex::encode(os_random::<32>()?);
+    let aside = path.with_extension(format!("tmp-{}", hex::encode(os_random::<8>()?)));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    match opts.open(path) {
-        Ok(mut f) => {
-            std::io::Write::write_all(&mut f, text.as_bytes())?;
-            Ok(Secret::new(text.into_bytes()))
-        }
+    let written = opts.open(&aside).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()
+    });
+    // a hard link fails if the name exists: the first creator wins
+    let linked = written.and_then(|()| std::fs::hard_link(&aside, path));
+    let _ = std::fs::remove_file(&aside);
+    match linked {
+        Ok(()) => Ok(Secret::new(text.into_bytes())),
         // another process created it first: use theirs
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_secret(path),
         Err(e) => Err(e),
     }
+}
+
+fn os_random<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes)
+        .map_err(|e| std::io::Error::other(format!("OS random source: {e}")))?;
+    Ok(bytes)
+}
+
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %path.display(), "the auth secret file is readable by other users; chmod 600 it");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// A configured backend API key: `key_id:program_id:role:sha256hex`.
@@ -189,6 +231,37 @@ pub struct ApiKeyRecord {
 }
 
 impl ApiKeyRecord {
+    /// Issues a new key `lk_<key_id>_<secret>` (secret: 32 random bytes from
+    /// the OS, hex) and its record; only the record is kept in configuration.
+    pub fn generate(
+        key_id: &str,
+        program_id: &str,
+        role: Role,
+    ) -> Result<(String, Self), ServiceError> {
+        if key_id.is_empty() || key_id.contains(['_', ':']) {
+            return Err(ServiceError::invalid(
+                "key_id",
+                "must be non-empty without '_' or ':'",
+            ));
+        }
+        let secret = os_random::<32>().map_err(ServiceError::internal)?;
+        let key = format!("lk_{key_id}_{}", hex::encode(secret));
+        let record = Self::for_key(key_id, program_id, role, &key);
+        Ok((key, record))
+    }
+
+    /// The configuration form, `key_id:program_id:role:sha256hex` (parsed
+    /// back by `FromStr`).
+    pub fn to_config(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.key_id,
+            self.program_id,
+            self.role.as_str(),
+            hex::encode(self.sha256)
+        )
+    }
+
     /// The record for a key given in clear (for tests and key issuance).
     pub fn for_key(key_id: &str, program_id: &str, role: Role, key: &str) -> Self {
         Self {

@@ -132,6 +132,51 @@ impl Consumer {
         .await
     }
 
+    /// Delivers events of one partition, in order, committing them in one
+    /// transaction (one durable commit for the group instead of one per
+    /// event). If any of them fails, the group is rolled back and each event
+    /// is delivered on its own, with retries, in the same order.
+    pub async fn deliver_group(&self, events: &[EventEnvelope]) -> Vec<Result<Outcome, BusError>> {
+        if events.len() > 1
+            && let Ok(outcomes) = self.apply_group(events).await
+        {
+            return outcomes.into_iter().map(Ok).collect();
+        }
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            let failed = results.last().is_some_and(Result::is_err);
+            results.push(if failed {
+                // never apply a later event before an earlier one
+                Err(BusError::Unavailable(format!(
+                    "event {} not attempted: an earlier event of its partition was not recorded",
+                    event.event_id
+                )))
+            } else {
+                self.deliver(event).await
+            });
+        }
+        results
+    }
+
+    async fn apply_group(&self, events: &[EventEnvelope]) -> Result<Vec<Outcome>, ServiceError> {
+        let mut tx = self.db.begin().await?;
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            if !self.wants(event) {
+                outcomes.push(Outcome::Skipped);
+            } else if !claim_inbox(&mut tx, &self.name, &event.event_id).await? {
+                outcomes.push(Outcome::Duplicate);
+            } else {
+                let span = tracing::info_span!("consume", consumer = %self.name, event_type = %event.event_type, event_id = %event.event_id);
+                crate::telemetry::set_parent(&span, &event.trace_context);
+                self.handler.handle(&mut tx, event).instrument(span).await?;
+                outcomes.push(Outcome::Applied);
+            }
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
     /// One attempt: inbox row and effects in one transaction.
     async fn apply(&self, event: &EventEnvelope) -> Result<Outcome, ServiceError> {
         let mut tx = self.db.begin().await?;

@@ -27,6 +27,9 @@ struct Subscriber {
     partitions: Vec<mpsc::Sender<Job>>,
 }
 
+/// Most events a partition applies in one transaction.
+const GROUP_MAX: usize = 256;
+
 /// In-process event bus.
 pub struct InProcessBus {
     subscribers: RwLock<Vec<Arc<Subscriber>>>,
@@ -109,8 +112,19 @@ impl EventBus for InProcessBus {
                     tokio::select! {
                         job = rx.recv() => {
                             let Some(job) = job else { break };
-                            let outcome = consumer.deliver(&job.event).await;
-                            let _ = job.done.send(outcome);
+                            // whatever queued up behind it joins its commit
+                            let mut jobs = vec![job];
+                            while jobs.len() < GROUP_MAX {
+                                match rx.try_recv() {
+                                    Ok(j) => jobs.push(j),
+                                    Err(_) => break,
+                                }
+                            }
+                            let events: Vec<EventEnvelope> = jobs.iter().map(|j| j.event.clone()).collect();
+                            let outcomes = consumer.deliver_group(&events).await;
+                            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                                let _ = job.done.send(outcome);
+                            }
                         }
                         () = shutdown.wait() => break,
                     }

@@ -200,6 +200,8 @@ impl EventBus for NatsBus {
 }
 
 const PARTITIONS: usize = 8;
+/// Most events a partition applies in one transaction.
+const GROUP_MAX: usize = 256;
 
 /// Applies one partition's events in order. An event that cannot even be
 /// recorded (database down) is retried in place, so later events of its key
@@ -209,21 +211,41 @@ async fn lane(
     mut rx: tokio::sync::mpsc::Receiver<(EventEnvelope, jetstream::Message)>,
     shutdown: Shutdown,
 ) {
-    while let Some((env, msg)) = rx.recv().await {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match consumer.deliver(&env).await {
-                Ok(_) => {
-                    if let Err(e) = msg.ack().await {
-                        // the effect is committed; a redelivery is a duplicate
-                        tracing::warn!(event_id = %env.event_id, error = %e, "ack failed");
+    while let Some(first) = rx.recv().await {
+        // whatever queued up behind it joins its commit
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(m) => group.push(m),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<EventEnvelope> = group.iter().map(|(e, _)| e.clone()).collect();
+        let outcomes = consumer.deliver_group(&events).await;
+        let mut failed_from = None;
+        for (i, ((env, msg), outcome)) in group.iter().zip(outcomes).enumerate() {
+            if let Err(e) = outcome {
+                tracing::error!(event_id = %env.event_id, error = %e, "event not recorded; retrying");
+                failed_from = Some(i);
+                break;
+            }
+            if let Err(e) = msg.ack().await {
+                // the effect is committed; a redelivery is a duplicate
+                tracing::warn!(event_id = %env.event_id, error = %e, "ack failed");
+            }
+        }
+        // Retry the first unrecorded event in place (and those after it, in
+        // order), so later events of its key never overtake it.
+        if let Some(i) = failed_from {
+            for (env, msg) in &group[i..] {
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    if consumer.deliver(env).await.is_ok() {
+                        let _ = msg.ack().await;
+                        break;
                     }
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(event_id = %env.event_id, error = %e, "event not recorded; retrying");
                     if shutdown.is_fired() {
-                        return; // unacked: JetStream redelivers it
+                        return; // unacked: JetStream redelivers them
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
