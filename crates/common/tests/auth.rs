@@ -253,3 +253,185 @@ fn the_secret_is_created_once_and_kept_private() {
         assert_eq!(mode, 0o600);
     }
 }
+
+/// A tiny hand-written gRPC service behind the layer:
+/// `loyalty.testing.v1.WhoAmI/Get(Empty) -> string` answers the verified
+/// caller's program, read with `auth::principal`.
+#[derive(Clone)]
+struct WhoAmI;
+
+impl tonic::server::NamedService for WhoAmI {
+    const NAME: &'static str = "loyalty.testing.v1.WhoAmI";
+}
+
+struct Get;
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl tonic::server::UnaryService<()> for Get {
+    type Response = String;
+    type Future = BoxFuture<Result<tonic::Response<String>, tonic::Status>>;
+    fn call(&mut self, req: tonic::Request<()>) -> Self::Future {
+        let who = loyalty_common::auth::principal(&req).map(|p| p.program_id().to_owned());
+        Box::pin(async move { Ok(tonic::Response::new(who?)) })
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for WhoAmI {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(grpc.unary(Get, req).await)
+        })
+    }
+}
+
+async fn who_am_i(
+    channel: tonic::transport::Channel,
+    token: Option<&str>,
+) -> Result<String, tonic::Status> {
+    let mut client = tonic::client::Grpc::new(channel);
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut req = tonic::Request::new(());
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let path = http::uri::PathAndQuery::from_static("/loyalty.testing.v1.WhoAmI/Get");
+    client
+        .unary(req, path, tonic_prost::ProstCodec::<(), String>::default())
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn the_layer_guards_a_real_server_but_not_health() {
+    use std::sync::Arc;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let layer = loyalty_common::auth::AuthLayer::new(Arc::new(verifier()));
+    let serving = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(health)
+            .add_service(WhoAmI)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let err = who_am_i(channel.clone(), None).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("missing credential"), "{err:?}");
+    let err = who_am_i(channel.clone(), Some("garbage")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+
+    let token = Minter::new(Secret::new(SECRET.to_vec()))
+        .mint(&member(), Duration::from_mins(5))
+        .unwrap();
+    assert_eq!(who_am_i(channel.clone(), Some(&token)).await.unwrap(), "p1");
+
+    // health answers without a credential
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(health.into_inner().status, 1, "SERVING");
+
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+}
+
+#[test]
+fn generated_api_keys_verify_and_round_trip_through_configuration() {
+    let (key, record) = ApiKeyRecord::generate("crm", "p2", Role::Backend).unwrap();
+    assert!(key.starts_with("lk_crm_"));
+    let parsed: ApiKeyRecord = record.to_config().parse().unwrap();
+    assert_eq!(parsed, record);
+    assert!(!record.to_config().contains(&key[7..]), "only the hash is kept");
+    let v = Verifier::new(&Secret::new(SECRET.to_vec()), vec![parsed]);
+    let mut h = HeaderMap::new();
+    h.insert("x-api-key", key.parse().unwrap());
+    assert_eq!(
+        v.verify(&h).unwrap(),
+        Principal::System {
+            program_id: "p2".into(),
+            key_id: "crm".into(),
+            role: Role::Backend
+        }
+    );
+    assert!(ApiKeyRecord::generate("bad_id", "p2", Role::Backend).is_err());
+}
+
+#[test]
+fn bearer_scheme_is_case_insensitive_and_system_tokens_need_a_role() {
+    let minter = Minter::new(Secret::new(SECRET.to_vec()));
+    let token = minter.mint(&member(), Duration::from_mins(1)).unwrap();
+    let mut h = HeaderMap::new();
+    h.insert("authorization", format!("bearer {token}").parse().unwrap());
+    assert_eq!(verifier().verify(&h).unwrap(), member());
+    let roleless = forge(
+        &claims(&[("kind", "system".into()), ("key_id", "crm".into())]),
+        Algorithm::HS256,
+        SECRET,
+    );
+    assert!(refused(&bearer(&roleless)).contains("role"));
+}
+
+#[test]
+fn tokens_from_the_minter_are_capped_at_an_hour() {
+    let minter = Minter::new(Secret::new(SECRET.to_vec()));
+    let token = minter.mint(&member(), Duration::from_hours(48)).unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&base64_url_decode(payload)).unwrap();
+    let life = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert!(life <= 3600, "{life}");
+}
+
+fn base64_url_decode(s: &str) -> Vec<u8> {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let vals: Vec<u32> = s
+        .bytes()
+        .map(|c| A.iter().position(|a| *a == c).unwrap() as u32)
+        .collect();
+    let mut out = Vec::new();
+    for chunk in vals.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, v)| acc | (v << (18 - 6 * i)));
+        for i in 0..chunk.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
