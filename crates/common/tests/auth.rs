@@ -350,7 +350,9 @@ async fn the_layer_guards_a_real_server_but_not_health() {
     let err = who_am_i(channel.clone(), None).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains("missing credential"), "{err:?}");
-    let err = who_am_i(channel.clone(), Some("garbage")).await.unwrap_err();
+    let err = who_am_i(channel.clone(), Some("garbage"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
 
     let token = Minter::new(Secret::new(SECRET.to_vec()))
@@ -377,7 +379,10 @@ fn generated_api_keys_verify_and_round_trip_through_configuration() {
     assert!(key.starts_with("lk_crm_"));
     let parsed: ApiKeyRecord = record.to_config().parse().unwrap();
     assert_eq!(parsed, record);
-    assert!(!record.to_config().contains(&key[7..]), "only the hash is kept");
+    assert!(
+        !record.to_config().contains(&key[7..]),
+        "only the hash is kept"
+    );
     let v = Verifier::new(&Secret::new(SECRET.to_vec()), vec![parsed]);
     let mut h = HeaderMap::new();
     h.insert("x-api-key", key.parse().unwrap());
@@ -434,4 +439,28 @@ fn base64_url_decode(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+#[test]
+fn replicas_creating_the_secret_at_once_agree_on_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.secret");
+    let secrets: Vec<Secret> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| loyalty_common::auth::load_or_create_secret(&path).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let token = Minter::new(secrets[0].clone())
+        .mint(&member(), Duration::from_mins(1))
+        .unwrap();
+    for secret in &secrets {
+        assert!(
+            Verifier::new(secret, vec![])
+                .verify(&bearer(&token))
+                .is_ok()
+        );
+    }
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(files, 1, "no temporary files left behind");
 }
