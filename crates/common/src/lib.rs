@@ -14,6 +14,8 @@ pub mod housekeeping;
 pub mod idempotency;
 pub mod jobs;
 pub mod lease;
+pub mod money;
+pub mod paging;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;
