@@ -98,6 +98,14 @@ impl Consumer {
     /// not even that could be recorded (database down): the transport must
     /// deliver it again.
     pub async fn deliver(&self, event: &EventEnvelope) -> Result<Outcome, BusError> {
+        let outcome = self.deliver_one(event).await;
+        if let Ok(o) = &outcome {
+            super::metrics::consumed(&self.name, event, *o);
+        }
+        outcome
+    }
+
+    async fn deliver_one(&self, event: &EventEnvelope) -> Result<Outcome, BusError> {
         if !self.wants(event) {
             return Ok(Outcome::Skipped);
         }
@@ -140,6 +148,9 @@ impl Consumer {
         if events.len() > 1
             && let Ok(outcomes) = self.apply_group(events).await
         {
+            for (event, outcome) in events.iter().zip(&outcomes) {
+                super::metrics::consumed(&self.name, event, *outcome);
+            }
             return outcomes.into_iter().map(Ok).collect();
         }
         let mut results = Vec::with_capacity(events.len());

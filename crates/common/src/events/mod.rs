@@ -11,6 +11,7 @@
 mod bus;
 mod consumer;
 mod in_process;
+mod metrics;
 mod nats;
 pub mod outbox;
 mod relay;

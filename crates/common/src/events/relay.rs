@@ -99,6 +99,7 @@ impl Relay {
         }
         if !events.is_empty() {
             self.bus.publish(&events).await?;
+            super::metrics::published(&self.producer, events.len());
         }
         Ok(seqs)
     }
