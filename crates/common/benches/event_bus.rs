@@ -6,8 +6,11 @@
 //!
 //! cargo bench -p loyalty-common --bench event_bus
 //!
-//! - drain: N events already in the outbox; time until the consumer has
-//!   applied all of them (relay batches of 500).
+//! - end to end: N events appended by a producer (transactions of 100
+//!   events, relay woken after each commit) while the relay runs; time from
+//!   the first append until the consumer has applied all of them.
+//! - drain: N events already in the outbox (a backlog after an outage); time
+//!   until the consumer has applied all of them (relay batches of 500).
 //! - latency: events appended one per producer transaction at a steady
 //!   rate while the relay runs (woken on commit); latency = handler time −
 //!   occurred_at, so it includes the producer commit, the relay, the
@@ -103,8 +106,50 @@ async fn new_bus(transport: &str) -> (Arc<dyn EventBus>, Option<Arc<NatsBus>>) {
     }
 }
 
+/// N events appended in producer transactions of 100 while the relay runs.
+async fn end_to_end(engine: TestEngine, transport: &str, shutdown: &Shutdown) -> Duration {
+    let (bus, nats) = new_bus(transport).await;
+    let producer = engine.database(&[]).await;
+    let consumer = consumer_db(engine).await;
+    let effect = Arc::new(Effect {
+        latencies_us: Mutex::new(Vec::new()),
+    });
+    bus.subscribe(
+        Arc::new(Consumer::new(
+            "bench-e2e",
+            consumer.db.clone(),
+            effect.clone(),
+        )),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let (stop, stopped) = Shutdown::new();
+    let relay = Relay::new("rewards", producer.db.clone(), bus.clone());
+    let notifier = relay.notifier();
+    let relay_task = tokio::spawn(relay.run(stopped));
+    let started = Instant::now();
+    for chunk in (0..DRAIN_EVENTS).collect::<Vec<_>>().chunks(100) {
+        let mut tx = producer.begin().await.unwrap();
+        for i in chunk {
+            events::outbox::append(&mut tx, &event(*i)).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        notifier.notify();
+    }
+    wait_applied(&effect, DRAIN_EVENTS).await;
+    let took = started.elapsed();
+    stop.fire();
+    let _ = relay_task.await;
+    if let Some(n) = nats {
+        n.delete_stream().await.unwrap();
+    }
+    took
+}
+
 async fn bench(engine: TestEngine, transport: &str) {
     let (trigger, shutdown) = Shutdown::new();
+    let e2e = end_to_end(engine, transport, &shutdown).await;
     let (bus, nats) = new_bus(transport).await;
 
     // drain
@@ -181,7 +226,8 @@ async fn bench(engine: TestEngine, transport: &str) {
         TestEngine::Postgres => "postgres",
     };
     println!(
-        "| {transport:<10} | {storage:<8} | {:>7.0} | {:>6.2} | {:>6.2} | {:>6.2} |",
+        "| {transport:<10} | {storage:<8} | {:>8.0} | {:>10.0} | {:>6.2} | {:>6.2} | {:>6.2} |",
+        DRAIN_EVENTS as f64 / e2e.as_secs_f64(),
         DRAIN_EVENTS as f64 / drain.as_secs_f64(),
         percentile(&lat, 0.50),
         percentile(&lat, 0.99),
@@ -195,10 +241,10 @@ async fn main() {
         return; // cargo test --benches asks for a list
     }
     println!(
-        "drain: {DRAIN_EVENTS} events in the outbox → applied; latency: {RATE_PER_SEC}/s for {LATENCY_SECS} s, one event per producer transaction\n"
+        "e2e: {DRAIN_EVENTS} events appended (tx of 100) → relay → bus → applied; drain: {DRAIN_EVENTS} events already in the outbox → applied;\nlatency: {RATE_PER_SEC}/s for {LATENCY_SECS} s, one event per producer transaction, occurred_at → handler\n"
     );
-    println!("| transport  | storage  | drain ev/s | p50 ms | p99 ms | max ms |");
-    println!("|------------|----------|-----------:|-------:|-------:|-------:|");
+    println!("| transport  | storage  | e2e ev/s | drain ev/s | p50 ms | p99 ms | max ms |");
+    println!("|------------|----------|---------:|-----------:|-------:|-------:|-------:|");
     let pg = std::env::var(POSTGRES_ENV).is_ok();
     let nats = std::env::var(NATS_ENV).is_ok();
     bench(TestEngine::Sqlite, "in-process").await;

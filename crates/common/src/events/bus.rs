@@ -21,7 +21,8 @@ pub enum BusError {
     },
 }
 
-/// Carries domain events between services.
+/// Carries domain events between services. Services see only this trait
+/// (through their runtime), so they cannot tell which transport runs.
 #[async_trait::async_trait]
 pub trait EventBus: Send + Sync {
     /// "in-process" or "nats".
@@ -32,6 +33,10 @@ pub trait EventBus: Send + Sync {
     /// consumer has applied them.
     async fn publish(&self, events: &[EventEnvelope]) -> Result<(), BusError>;
 
-    /// Starts delivering events to `consumer` until `shutdown` fires.
+    /// Starts delivering the events `consumer` takes, each applied through
+    /// its inbox, one ordering key's events in order. NATS stops pulling at
+    /// `shutdown` (unacked events are redelivered after a restart); the
+    /// in-process bus keeps applying what relays flush during shutdown.
+    /// Subscribe every consumer before starting the relays.
     async fn subscribe(&self, consumer: Arc<Consumer>, shutdown: Shutdown) -> Result<(), BusError>;
 }

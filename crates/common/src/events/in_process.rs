@@ -5,9 +5,12 @@
 //! marks outbox rows only after their effects committed: a crash in between
 //! re-publishes, and the inbox absorbs the repeat. A consumer runs a few
 //! partitions; one ordering key always lands in the same partition, which
-//! handles its events one by one, in order. Consumers subscribe before the
-//! relays start; events published before a consumer subscribed are not
-//! delivered to it.
+//! handles its events in order (an event that cannot be recorded is retried
+//! in place, never overtaken). Consumers subscribe before the relays start;
+//! events published before a consumer subscribed are not delivered to it,
+//! and nothing is kept for a consumer while the process is down: the outbox
+//! is the durable store, so a row is marked published only once every
+//! consumer has applied it or parked it.
 
 use std::sync::{Arc, RwLock};
 
@@ -25,6 +28,29 @@ struct Job {
 struct Subscriber {
     consumer: Arc<Consumer>,
     partitions: Vec<mpsc::Sender<Job>>,
+}
+
+/// Applies one partition's events in order, for as long as the bus exists.
+/// It keeps going after `shutdown` on purpose: the relays flush their
+/// outboxes through it while the process stops. Only its retries of an
+/// event that cannot be recorded give up at shutdown.
+async fn partition(consumer: Arc<Consumer>, mut rx: mpsc::Receiver<Job>, shutdown: Shutdown) {
+    while let Some(job) = rx.recv().await {
+        // whatever queued up behind it joins its commit
+        let mut jobs = vec![job];
+        while jobs.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<EventEnvelope> = jobs.iter().map(|j| j.event.clone()).collect();
+        let outcomes = consumer.deliver_in_order(&events, &shutdown).await;
+        for (job, outcome) in jobs.into_iter().zip(outcomes) {
+            // the publisher may have given up waiting; nothing to tell
+            let _ = job.done.send(outcome);
+        }
+    }
 }
 
 /// Most events a partition applies in one transaction.
@@ -103,33 +129,9 @@ impl EventBus for InProcessBus {
     async fn subscribe(&self, consumer: Arc<Consumer>, shutdown: Shutdown) -> Result<(), BusError> {
         let mut partitions = Vec::with_capacity(self.partitions);
         for _ in 0..self.partitions {
-            let (tx, mut rx) = mpsc::channel::<Job>(1024);
+            let (tx, rx) = mpsc::channel::<Job>(1024);
             partitions.push(tx);
-            let consumer = consumer.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        job = rx.recv() => {
-                            let Some(job) = job else { break };
-                            // whatever queued up behind it joins its commit
-                            let mut jobs = vec![job];
-                            while jobs.len() < GROUP_MAX {
-                                match rx.try_recv() {
-                                    Ok(j) => jobs.push(j),
-                                    Err(_) => break,
-                                }
-                            }
-                            let events: Vec<EventEnvelope> = jobs.iter().map(|j| j.event.clone()).collect();
-                            let outcomes = consumer.deliver_group(&events).await;
-                            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                                let _ = job.done.send(outcome);
-                            }
-                        }
-                        () = shutdown.wait() => break,
-                    }
-                }
-            });
+            tokio::spawn(partition(consumer.clone(), rx, shutdown.clone()));
         }
         self.subscribers
             .write()

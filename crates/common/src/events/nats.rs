@@ -95,12 +95,12 @@ impl NatsBus {
     }
 
     fn subject(&self, event: &EventEnvelope) -> String {
-        let producer = if event.producer.is_empty() {
-            "unknown"
-        } else {
-            &event.producer
-        };
-        format!("{}.{}.{}", self.prefix, producer, super::short_type(event))
+        format!(
+            "{}.{}.{}",
+            self.prefix,
+            subject_token(&event.producer),
+            subject_token(super::short_type(event))
+        )
     }
 }
 
@@ -117,8 +117,10 @@ impl EventBus for NatsBus {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
             headers.insert("Loyalty-Event-Type", event.event_type.as_str());
-            if let Some(tp) = event.trace_context.get("traceparent") {
-                headers.insert("traceparent", tp.as_str());
+            for key in ["traceparent", "tracestate"] {
+                if let Some(v) = event.trace_context.get(key) {
+                    headers.insert(key, v.as_str());
+                }
             }
             let ack = self
                 .js
@@ -135,21 +137,7 @@ impl EventBus for NatsBus {
 
     async fn subscribe(&self, consumer: Arc<Consumer>, shutdown: Shutdown) -> Result<(), BusError> {
         let stream = self.ensure_stream().await?;
-        let durable = consumer.name().replace(['.', ' ', '*', '>'], "_");
-        let pull_consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(
-                &durable,
-                pull::Config {
-                    durable_name: Some(durable.clone()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    filter_subject: format!("{}.>", self.prefix),
-                    max_ack_pending: 20_000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(unavailable)?;
+        let pull_consumer = self.durable(&stream, &consumer).await?;
         let mut messages = pull_consumer
             .stream()
             .max_messages_per_batch(512)
@@ -199,6 +187,67 @@ impl EventBus for NatsBus {
     }
 }
 
+impl NatsBus {
+    /// The consumer's durable pull consumer, created or brought up to date
+    /// (its event types may have changed since the last deploy).
+    ///
+    /// - filter: the consumer's event types as subjects, so the server sends
+    ///   only those (several filters need NATS ≥ 2.10; an older server
+    ///   ignores them and the consumer skips the rest itself);
+    /// - ack_wait 30 s: a partition acks an event once its group committed;
+    /// - max_deliver unlimited: JetStream dropping an event after N
+    ///   deliveries would lose it silently. Failing handlers are retried and
+    ///   parked by the consumer itself (`dead_letters`), so redeliveries only
+    ///   follow crashes or a database outage longer than the ack wait.
+    async fn durable(
+        &self,
+        stream: &stream::Stream,
+        consumer: &Consumer,
+    ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
+        let durable = subject_token(consumer.name());
+        let mut filters: Vec<String> = consumer
+            .event_types()
+            .iter()
+            .map(|t| format!("{}.*.{}", self.prefix, subject_token(t)))
+            .collect();
+        let mut config = pull::Config {
+            durable_name: Some(durable.clone()),
+            description: Some(format!("loyalty consumer {}", consumer.name())),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: -1,
+            max_ack_pending: 20_000,
+            ..Default::default()
+        };
+        match filters.len() {
+            0 => config.filter_subject = format!("{}.>", self.prefix),
+            1 => config.filter_subject = filters.remove(0),
+            _ => config.filter_subjects = filters,
+        }
+        match stream.create_consumer(config).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                // an older server refuses to change an existing durable
+                tracing::warn!(consumer = consumer.name(), error = %e, "JetStream consumer not updated; using it as it is");
+                stream
+                    .get_consumer(&durable)
+                    .await
+                    .map_err(|_| unavailable(e))
+            }
+        }
+    }
+}
+
+/// A subject token (or durable name) made safe: no separators or wildcards.
+fn subject_token(s: &str) -> String {
+    let t = s.replace(['.', ' ', '*', '>', '\t'], "_");
+    if t.is_empty() {
+        "unknown".to_owned()
+    } else {
+        t
+    }
+}
+
 const PARTITIONS: usize = 8;
 /// Most events a partition applies in one transaction.
 const GROUP_MAX: usize = 256;
@@ -221,35 +270,14 @@ async fn lane(
             }
         }
         let events: Vec<EventEnvelope> = group.iter().map(|(e, _)| e.clone()).collect();
-        let outcomes = consumer.deliver_group(&events).await;
-        let mut failed_from = None;
-        for (i, ((env, msg), outcome)) in group.iter().zip(outcomes).enumerate() {
-            if let Err(e) = outcome {
-                tracing::error!(event_id = %env.event_id, error = %e, "event not recorded; retrying");
-                failed_from = Some(i);
-                break;
+        let outcomes = consumer.deliver_in_order(&events, &shutdown).await;
+        for ((env, msg), outcome) in group.iter().zip(outcomes) {
+            if outcome.is_err() {
+                return; // shutting down: unacked, JetStream redelivers them
             }
             if let Err(e) = msg.ack().await {
                 // the effect is committed; a redelivery is a duplicate
                 tracing::warn!(event_id = %env.event_id, error = %e, "ack failed");
-            }
-        }
-        // Retry the first unrecorded event in place (and those after it, in
-        // order), so later events of its key never overtake it.
-        if let Some(i) = failed_from {
-            for (env, msg) in &group[i..] {
-                let mut backoff = Duration::from_millis(100);
-                loop {
-                    if consumer.deliver(env).await.is_ok() {
-                        let _ = msg.ack().await;
-                        break;
-                    }
-                    if shutdown.is_fired() {
-                        return; // unacked: JetStream redelivers them
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
             }
         }
     }

@@ -1,15 +1,32 @@
 //! The relay: publishes a database's outbox in commit order and marks rows
-//! only after the bus accepted them. One relay per database publishes at a
-//! time (a lease), so replicas never reorder a member's events.
+//! only after the bus accepted them.
+//!
+//! Only one relay per outbox publishes at a time, or two replicas could
+//! interleave a member's events. The turn is taken per batch and needs no
+//! lease to expire:
+//! - PostgreSQL: the batch runs in a transaction holding
+//!   `pg_try_advisory_xact_lock` (keyed by the schema, i.e. the outbox);
+//!   the rows are read, published and marked in it, and the lock goes away
+//!   with the transaction — commit, rollback or a dead connection. A relay
+//!   that finds the lock taken does nothing this pass.
+//! - SQLite: the database belongs to one process (the embedded default), so a
+//!   process-wide lock per database file does the same. A write
+//!   transaction cannot be held instead: in-process consumers writing to the
+//!   same database during the publish would wait on it forever.
+//!
+//! A relay that dies after publishing and before marking leaves the rows
+//! unpublished: the next relay publishes them again, and JetStream's
+//! duplicate window and the consumers' inboxes absorb the repeat.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use loyalty_proto::events::EventEnvelope;
 use prost::Message;
 
 use super::{BusError, EventBus, OutboxNotifier};
-use crate::db::{Db, now_micros};
+use crate::db::{Db, Engine, Tx, now_micros};
 use crate::server::Shutdown;
 
 /// Why a relay pass failed; the rows stay unpublished and are retried.
@@ -21,38 +38,81 @@ pub enum RelayError {
     Bus(#[from] BusError),
 }
 
+/// This relay's turn to publish (see the module docs); dropping it ends
+/// the turn without marking anything.
+enum Turn {
+    Postgres(Tx),
+    Sqlite(tokio::sync::OwnedMutexGuard<()>),
+}
+
+/// Rows a relay has published and not yet marked. Pass it to
+/// [`Relay::mark_published`]; dropping it instead is what a crash between
+/// publishing and marking looks like (the rows are published again later).
+#[must_use = "mark the batch published, or it is published again"]
+pub struct PublishedBatch {
+    seqs: Vec<i64>,
+    turn: Turn,
+}
+
+impl std::fmt::Debug for PublishedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishedBatch")
+            .field("rows", &self.seqs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PublishedBatch {
+    /// Outbox sequence numbers, ascending.
+    pub fn seqs(&self) -> &[i64] {
+        &self.seqs
+    }
+
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+}
+
 /// Publishes one database's outbox.
 pub struct Relay {
     producer: String,
     db: Db,
     bus: Arc<dyn EventBus>,
     notifier: OutboxNotifier,
-    holder: String,
-    batch_size: i64,
+    batch_size: usize,
     poll: Duration,
-    lease_ttl: Duration,
+    flush_timeout: Duration,
 }
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay")
             .field("producer", &self.producer)
-            .field("holder", &self.holder)
+            .field("transport", &self.bus.transport())
             .finish_non_exhaustive()
     }
 }
 
+/// Longest pause after failed passes (bus or database down).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
 impl Relay {
+    /// A relay publishing batches of 500, polling every 500 ms for rows
+    /// written by other replicas, and flushing for at most 10 s at shutdown.
     pub fn new(producer: &str, db: Db, bus: Arc<dyn EventBus>) -> Self {
         Self {
             producer: producer.to_owned(),
             db,
             bus,
             notifier: OutboxNotifier::new(),
-            holder: crate::lease::new_holder_id(&format!("relay-{producer}")),
             batch_size: 500,
             poll: Duration::from_millis(500),
-            lease_ttl: Duration::from_secs(15),
+            flush_timeout: Duration::from_secs(10),
         }
     }
 
@@ -70,29 +130,65 @@ impl Relay {
         self
     }
 
+    /// Most rows published (and, in-process, applied) per batch.
+    #[must_use]
+    pub fn with_batch_size(mut self, rows: usize) -> Self {
+        self.batch_size = rows.max(1);
+        self
+    }
+
+    /// How long the final flush at shutdown may take.
+    #[must_use]
+    pub fn with_flush_timeout(mut self, timeout: Duration) -> Self {
+        self.flush_timeout = timeout;
+        self
+    }
+
     pub fn notifier(&self) -> OutboxNotifier {
         self.notifier.clone()
     }
 
-    fn lease_name(&self) -> String {
-        format!("outbox-relay:{}", self.producer)
+    /// Takes this database's turn to publish, if no other relay has it.
+    async fn try_turn(&self) -> Result<Option<Turn>, sqlx::Error> {
+        match self.db.engine() {
+            Engine::Postgres => {
+                let mut tx = self.db.begin().await?;
+                let got: bool = sqlx::query_scalar(
+                    "SELECT pg_try_advisory_xact_lock($1, hashtext(current_schema()))",
+                )
+                .bind(RELAY_LOCK_CLASS)
+                .fetch_one(&mut *tx)
+                .await?;
+                Ok(got.then_some(Turn::Postgres(tx)))
+            }
+            Engine::Sqlite => Ok(sqlite_lock(self.db.url().as_str())
+                .try_lock_owned()
+                .ok()
+                .map(Turn::Sqlite)),
+        }
     }
 
     /// Publishes the oldest unpublished rows (one batch) without marking
-    /// them; returns their sequence numbers.
-    pub async fn publish_pending(&self) -> Result<Vec<i64>, RelayError> {
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+    /// them. `None` when another relay is publishing this outbox now.
+    pub async fn publish_pending(&self) -> Result<Option<PublishedBatch>, RelayError> {
+        let Some(mut turn) = self.try_turn().await? else {
+            return Ok(None);
+        };
+        let limit = i64::try_from(self.batch_size).unwrap_or(i64::MAX);
+        let select = sqlx::query_as::<_, (i64, Vec<u8>)>(
             "SELECT seq, payload FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
         )
-        .bind(self.batch_size)
-        .fetch_all(self.db.pool())
-        .await?;
+        .bind(limit);
+        let rows = match &mut turn {
+            Turn::Postgres(tx) => select.fetch_all(&mut **tx).await?,
+            Turn::Sqlite(_) => select.fetch_all(self.db.pool()).await?,
+        };
         let mut seqs = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for (seq, payload) in rows {
             match EventEnvelope::decode(payload.as_slice()) {
                 Ok(env) => events.push(env),
-                // cannot happen unless the table was edited by hand; skip it
+                // only a hand-edited row can get here; it must not block the rest
                 Err(e) => tracing::error!(seq, error = %e, "undecodable outbox row skipped"),
             }
             seqs.push(seq);
@@ -101,62 +197,56 @@ impl Relay {
             self.bus.publish(&events).await?;
             super::metrics::published(&self.producer, events.len());
         }
-        Ok(seqs)
+        Ok(Some(PublishedBatch { seqs, turn }))
     }
 
-    /// Marks rows published.
-    pub async fn mark_published(&self, seqs: &[i64]) -> Result<(), RelayError> {
-        if seqs.is_empty() {
-            return Ok(());
+    /// Marks a published batch and ends the turn; returns how many rows.
+    pub async fn mark_published(&self, batch: PublishedBatch) -> Result<usize, RelayError> {
+        let n = batch.seqs.len();
+        match batch.turn {
+            Turn::Postgres(mut tx) => {
+                mark(&mut tx, &batch.seqs).await?;
+                tx.commit().await?;
+            }
+            Turn::Sqlite(_guard) => {
+                if n > 0 {
+                    let mut tx = self.db.begin().await?;
+                    mark(&mut tx, &batch.seqs).await?;
+                    tx.commit().await?;
+                }
+            } // the turn ends here, after the marks committed
         }
-        // explicit ids: a range could cover a row that committed later
-        let placeholders: Vec<String> = (2..seqs.len() + 2).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "UPDATE outbox SET published_at = $1 WHERE seq IN ({})",
-            placeholders.join(", ")
-        );
-        let mut tx = self.db.begin().await?;
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_micros());
-        for s in seqs {
-            q = q.bind(*s);
-        }
-        q.execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(())
+        Ok(n)
     }
 
-    /// Publishes everything pending if this relay holds the lease; returns
-    /// how many rows were published.
+    /// Publishes and marks everything pending, batch by batch; returns how
+    /// many rows. Does nothing while another relay is publishing.
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
-        if !crate::lease::try_acquire(&self.db, &self.lease_name(), &self.holder, self.lease_ttl)
-            .await?
-        {
-            return Ok(0);
-        }
         let mut total = 0;
-        loop {
-            let seqs = self.publish_pending().await?;
-            self.mark_published(&seqs).await?;
-            total += seqs.len();
-            if seqs.len() < usize::try_from(self.batch_size).unwrap_or(usize::MAX) {
-                return Ok(total);
+        while let Some(batch) = self.publish_pending().await? {
+            let n = self.mark_published(batch).await?;
+            total += n;
+            if n < self.batch_size {
+                break;
             }
         }
+        Ok(total)
     }
 
-    /// Relays until `shutdown`, then flushes what is pending and gives the
-    /// lease up.
+    /// Relays until `shutdown`: at once when notified, else every poll
+    /// interval, backing off while the bus or the database fails. Then
+    /// flushes what is pending (bounded by the flush timeout).
     pub async fn run(self, shutdown: Shutdown) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = FIRST_BACKOFF;
         loop {
             let wait = match self.relay_once().await {
                 Ok(_) => {
-                    backoff = Duration::from_millis(100);
+                    backoff = FIRST_BACKOFF;
                     self.poll
                 }
                 Err(e) => {
                     tracing::warn!(producer = %self.producer, error = %e, "outbox relay pass failed; retrying");
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     backoff
                 }
             };
@@ -166,9 +256,48 @@ impl Relay {
                 () = shutdown.wait() => break,
             }
         }
-        if let Err(e) = self.relay_once().await {
-            tracing::warn!(producer = %self.producer, error = %e, "outbox not flushed at shutdown; it will be on next start");
+        match tokio::time::timeout(self.flush_timeout, self.relay_once()).await {
+            Ok(Ok(n)) => tracing::debug!(producer = %self.producer, rows = n, "outbox flushed"),
+            Ok(Err(e)) => {
+                tracing::warn!(producer = %self.producer, error = %e, "outbox not flushed at shutdown; it will be on next start");
+            }
+            Err(_) => {
+                tracing::warn!(producer = %self.producer, "outbox flush timed out at shutdown; the rest goes on next start");
+            }
         }
-        let _ = crate::lease::release(&self.db, &self.lease_name(), &self.holder).await;
     }
+}
+
+/// Advisory-lock class of outbox relays ("OBXR"); the second key is the
+/// schema, so outboxes in different schemas of one database do not contend.
+const RELAY_LOCK_CLASS: i32 = 0x4F42_5852;
+
+/// The process-wide relay lock of one SQLite database.
+fn sqlite_lock(url: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // forget databases no relay is using (tests open thousands)
+    locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+    locks.entry(url.to_owned()).or_default().clone()
+}
+
+/// Marks rows by explicit sequence numbers: a range could cover a row that
+/// committed later (and was never published).
+async fn mark(tx: &mut Tx, seqs: &[i64]) -> Result<(), sqlx::Error> {
+    for chunk in seqs.chunks(1000) {
+        let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "UPDATE outbox SET published_at = $1 WHERE seq IN ({})",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_micros());
+        for s in chunk {
+            q = q.bind(*s);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
 }

@@ -1,5 +1,14 @@
 //! The consumer side: each event is applied in one transaction together
 //! with its inbox row, so a redelivered event changes nothing.
+//!
+//! Failures come in two kinds. A handler error (the event cannot be applied
+//! now) is retried in place with backoff, and after the last attempt the
+//! event is parked in `dead_letters` and recorded in the inbox, so one poison
+//! event does not stop its partition. A storage error while recording the
+//! outcome (database down) leaves the event unrecorded: the transport
+//! retries it in place ([`Consumer::deliver_in_order`]) so later events of
+//! its key never overtake it. Parked events are inspected and replayed by an
+//! operator (see docs/runbook).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +20,7 @@ use tracing::Instrument;
 use super::BusError;
 use crate::ServiceError;
 use crate::db::{Db, Tx, now_micros};
+use crate::server::Shutdown;
 
 /// What a service does with an event. Its effects go into `tx`, which also
 /// holds the inbox row: both commit or neither does.
@@ -83,6 +93,11 @@ impl Consumer {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The event types it takes (short names); empty means all.
+    pub fn event_types(&self) -> &[String] {
+        &self.event_types
     }
 
     pub fn wants(&self, event: &EventEnvelope) -> bool {
@@ -169,6 +184,46 @@ impl Consumer {
         results
     }
 
+    /// Delivers one partition's events in order, as [`deliver_group`]
+    /// does, then retries the first event that could not be recorded (and
+    /// those after it) in place, with backoff, until it is recorded: later
+    /// events of a key never overtake an earlier one. Once `shutdown` has
+    /// fired it stops retrying and the rest fail (the transport delivers
+    /// them again after a restart).
+    ///
+    /// [`deliver_group`]: Self::deliver_group
+    pub async fn deliver_in_order(
+        &self,
+        events: &[EventEnvelope],
+        shutdown: &Shutdown,
+    ) -> Vec<Result<Outcome, BusError>> {
+        let mut outcomes = self.deliver_group(events).await;
+        let Some(first_failed) = outcomes.iter().position(Result::is_err) else {
+            return outcomes;
+        };
+        let mut backoff = RECORD_RETRY_FIRST;
+        for i in first_failed..events.len() {
+            loop {
+                match self.deliver(&events[i]).await {
+                    Ok(outcome) => {
+                        outcomes[i] = Ok(outcome);
+                        break;
+                    }
+                    Err(e) if shutdown.is_fired() => {
+                        outcomes[i] = Err(e);
+                        return outcomes; // the rest keep their errors
+                    }
+                    Err(e) => {
+                        tracing::error!(consumer = %self.name, event_id = %events[i].event_id, error = %e, "event not recorded; retrying in place");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RECORD_RETRY_MAX);
+                    }
+                }
+            }
+        }
+        outcomes
+    }
+
     async fn apply_group(&self, events: &[EventEnvelope]) -> Result<Vec<Outcome>, ServiceError> {
         let mut tx = self.db.begin().await?;
         let mut outcomes = Vec::with_capacity(events.len());
@@ -225,6 +280,11 @@ impl Consumer {
         Ok(Outcome::DeadLettered)
     }
 }
+
+/// First and longest pause between attempts to record an event while its
+/// database is unavailable.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Records the event id; false when it was there already.
 async fn claim_inbox(tx: &mut Tx, consumer: &str, event_id: &str) -> Result<bool, sqlx::Error> {
