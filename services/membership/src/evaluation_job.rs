@@ -19,7 +19,7 @@ use crate::domain::tiers::{
 };
 use crate::store::members::{self, COLUMNS, MemberRecord, from_row};
 use crate::store::{activity, programs};
-use crate::tiering::{EVALUATION_DOWNGRADE, EVALUATION_UPGRADE, change_tier};
+use crate::tiering::{EVALUATION_DOWNGRADE, EVALUATION_UPGRADE, TierMove, change_tier};
 
 /// The job's name (lease and progress row).
 pub const NAME: &str = "tier-evaluation";
@@ -121,24 +121,27 @@ impl Job for TierEvaluationJob {
             }
             match review(&rules.tiers, current, value) {
                 Review::Keep(_) => {
-                    members::set_next_evaluation(tx, &m.member_id, to_micros(next)).await?
+                    members::set_next_evaluation(tx, &m.member_id, to_micros(next)).await?;
                 }
                 Review::Downgrade(level) => {
-                    change_tier(
-                        tx,
-                        &program,
-                        m,
+                    let to = TierMove {
                         level,
-                        EVALUATION_DOWNGRADE,
+                        reason: EVALUATION_DOWNGRADE,
                         value,
-                        now,
-                        next,
-                    )
-                    .await?
+                        at: now,
+                        next_evaluation_at: next,
+                    };
+                    change_tier(tx, &program, m, &to).await?;
                 }
                 Review::Upgrade(level) => {
-                    change_tier(tx, &program, m, level, EVALUATION_UPGRADE, value, now, next)
-                        .await?
+                    let to = TierMove {
+                        level,
+                        reason: EVALUATION_UPGRADE,
+                        value,
+                        at: now,
+                        next_evaluation_at: next,
+                    };
+                    change_tier(tx, &program, m, &to).await?;
                 }
             }
         }

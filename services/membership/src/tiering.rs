@@ -28,19 +28,36 @@ pub fn open_end() -> DateTime<Utc> {
     from_micros(i64::MAX / 2)
 }
 
-/// Moves `m` to `level` with its history row and event, and sets the next
-/// evaluation date. Fails with a conflict when the member changed since it
-/// was read (the caller's transaction is then rolled back and retried).
+/// A tier change to make.
+#[derive(Debug, Clone, Copy)]
+pub struct TierMove<'a> {
+    /// The new level.
+    pub level: usize,
+    /// Why (history and event).
+    pub reason: &'a str,
+    /// The qualifying value that decided.
+    pub value: i64,
+    pub at: DateTime<Utc>,
+    pub next_evaluation_at: DateTime<Utc>,
+}
+
+/// Moves `m` to `to.level` with its history row and event, and sets the
+/// next evaluation date. Fails with a conflict when the member changed
+/// since it was read (the caller's transaction is then rolled back and
+/// retried).
 pub async fn change_tier(
     tx: &mut Tx,
     program: &ProgramRecord,
     m: &MemberRecord,
-    level: usize,
-    reason: &str,
-    value: i64,
-    at: DateTime<Utc>,
-    next_evaluation_at: DateTime<Utc>,
+    to: &TierMove<'_>,
 ) -> Result<(), ServiceError> {
+    let TierMove {
+        level,
+        reason,
+        value,
+        at,
+        next_evaluation_at,
+    } = *to;
     let tier = &program.rules.tiers[level];
     if !members::set_tier(
         tx,
@@ -109,6 +126,13 @@ pub async fn upgrade_if_reached(
         return Ok(false);
     };
     let next = next_evaluation(program.rules.evaluation, &program.tz, at);
-    change_tier(tx, program, m, level, THRESHOLD_REACHED, value, at, next).await?;
+    let to = TierMove {
+        level,
+        reason: THRESHOLD_REACHED,
+        value,
+        at,
+        next_evaluation_at: next,
+    };
+    change_tier(tx, program, m, &to).await?;
     Ok(true)
 }

@@ -1,5 +1,7 @@
 //! Helpers shared by the membership integration tests: a started service,
 //! a client, a program definition and events as other services send them.
+// amounts are written as <yuan>_<fen> minor units (1_000_00 = 1000.00)
+#![allow(clippy::inconsistent_digit_grouping)]
 #![allow(dead_code)]
 
 use chrono::{DateTime, Utc};
@@ -158,12 +160,12 @@ pub fn tiers() -> Vec<pb::TierDefinition> {
             pb::TierPrivilege {
                 benefit_code: "points_multiplier_bp".into(),
                 value: bp,
-                parameters: Default::default(),
+                parameters: std::collections::HashMap::default(),
             },
             pb::TierPrivilege {
                 benefit_code: "free_returns".into(),
                 value: 0,
-                parameters: Default::default(),
+                parameters: std::collections::HashMap::default(),
             },
         ],
     })
@@ -199,7 +201,7 @@ pub fn profile(phone: &str, email: &str) -> pb::MemberProfile {
         birthday: "1990-05-17".into(),
         locale: "zh-CN".into(),
         card_number: String::new(),
-        preferences: Default::default(),
+        preferences: std::collections::HashMap::default(),
     }
 }
 

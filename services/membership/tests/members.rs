@@ -1,6 +1,8 @@
 //! Programs and members over gRPC: validation with field details,
 //! idempotent enrolment, uniqueness per program, lookups, authorisation,
 //! status changes, and concurrent updates that never lose a write.
+// amounts are written as <yuan>_<fen> minor units (1_000_00 = 1000.00)
+#![allow(clippy::inconsistent_digit_grouping)]
 
 mod common;
 
@@ -12,6 +14,7 @@ use loyalty_common::test_on_both_engines;
 use loyalty_common::testing::{TestEngine, backend, member, staff_with};
 use loyalty_proto::events::event_envelope::Payload;
 use loyalty_proto::loyalty::membership::v1 as pb;
+use pb::lookup_member_request::Key;
 use prost_types::FieldMask;
 use sha2::{Digest, Sha256};
 use tonic::Code;
@@ -297,7 +300,6 @@ async fn lookups_and_authorisation(engine: TestEngine) {
         .enroll("p1", "ext-2", profile("+8613800000002", "b@example.com"))
         .await;
     let mut c = env.client.clone();
-    use pb::lookup_member_request::Key;
     for key in [
         Key::Phone("+86 138-0000-0001".into()),
         Key::Email("A@Example.com".into()),

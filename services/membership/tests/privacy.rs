@@ -1,4 +1,6 @@
 //! Consent, export and erasure over gRPC.
+// amounts are written as <yuan>_<fen> minor units (1_000_00 = 1000.00)
+#![allow(clippy::inconsistent_digit_grouping)]
 
 mod common;
 
@@ -7,6 +9,7 @@ use loyalty_common::test_on_both_engines;
 use loyalty_common::testing::{TestEngine, backend, member};
 use loyalty_proto::events::event_envelope::Payload;
 use loyalty_proto::loyalty::membership::v1 as pb;
+use pb::lookup_member_request::Key;
 use tonic::Code;
 
 test_on_both_engines!(
@@ -31,7 +34,7 @@ async fn consent_withdrawal_stops_contact(engine: TestEngine) {
     let env = Env::start(engine).await;
     env.create_program(program("p1")).await;
     let m = env.enroll("p1", "u1", profile("+8613800000001", "")).await;
-    let mut c = env.client.clone();
+    let mut client = env.client.clone();
     let me = member("p1", &m.member_id);
     let check = |channel: &str| pb::CheckConsentRequest {
         program_id: "p1".into(),
@@ -41,14 +44,15 @@ async fn consent_withdrawal_stops_contact(engine: TestEngine) {
     };
     // nothing recorded: no
     assert!(
-        !c.check_consent(env.ts.request(check("sms"), &backend("p1")))
+        !client
+            .check_consent(env.ts.request(check("sms"), &backend("p1")))
             .await
             .unwrap()
             .into_inner()
             .allowed
     );
     // the member grants marketing on every channel, then withdraws SMS
-    let r = c
+    let granted = client
         .set_consent(
             env.ts
                 .request(consent(&m.member_id, "marketing", "any", true), &me),
@@ -56,15 +60,16 @@ async fn consent_withdrawal_stops_contact(engine: TestEngine) {
         .await
         .unwrap()
         .into_inner();
-    assert!(r.changed);
+    assert!(granted.changed);
     assert!(
-        c.check_consent(env.ts.request(check("sms"), &backend("p1")))
+        client
+            .check_consent(env.ts.request(check("sms"), &backend("p1")))
             .await
             .unwrap()
             .into_inner()
             .allowed
     );
-    let again = c
+    let again = client
         .set_consent(
             env.ts
                 .request(consent(&m.member_id, "marketing", "any", true), &me),
@@ -73,13 +78,14 @@ async fn consent_withdrawal_stops_contact(engine: TestEngine) {
         .unwrap()
         .into_inner();
     assert!(!again.changed, "a retry records nothing");
-    c.set_consent(
-        env.ts
-            .request(consent(&m.member_id, "marketing", "sms", false), &me),
-    )
-    .await
-    .unwrap();
-    let sms = c
+    client
+        .set_consent(
+            env.ts
+                .request(consent(&m.member_id, "marketing", "sms", false), &me),
+        )
+        .await
+        .unwrap();
+    let sms = client
         .check_consent(env.ts.request(check("sms"), &backend("p1")))
         .await
         .unwrap()
@@ -87,33 +93,36 @@ async fn consent_withdrawal_stops_contact(engine: TestEngine) {
     assert!(!sms.allowed);
     assert_eq!(sms.consent.unwrap().channel, "sms");
     assert!(
-        c.check_consent(env.ts.request(check("email"), &backend("p1")))
+        client
+            .check_consent(env.ts.request(check("email"), &backend("p1")))
             .await
             .unwrap()
             .into_inner()
             .allowed
     );
     // a suspended member is not contacted whatever the consent
-    c.suspend_member(env.req(
-        pb::SuspendMemberRequest {
-            program_id: "p1".into(),
-            member_id: m.member_id.clone(),
-            reason: String::new(),
-            expected_version: 0,
-        },
-        "p1",
-    ))
-    .await
-    .unwrap();
+    client
+        .suspend_member(env.req(
+            pb::SuspendMemberRequest {
+                program_id: "p1".into(),
+                member_id: m.member_id.clone(),
+                reason: String::new(),
+                expected_version: 0,
+            },
+            "p1",
+        ))
+        .await
+        .unwrap();
     assert!(
-        !c.check_consent(env.ts.request(check("email"), &backend("p1")))
+        !client
+            .check_consent(env.ts.request(check("email"), &backend("p1")))
             .await
             .unwrap()
             .into_inner()
             .allowed
     );
     // history kept, oldest first
-    let h = c
+    let history = client
         .list_consent_history(env.ts.request(
             pb::ListConsentHistoryRequest {
                 program_id: "p1".into(),
@@ -126,12 +135,18 @@ async fn consent_withdrawal_stops_contact(engine: TestEngine) {
         .unwrap()
         .into_inner()
         .changes;
-    let got: Vec<(&str, bool)> = h.iter().map(|c| (c.channel.as_str(), c.granted)).collect();
+    let got: Vec<(&str, bool)> = history
+        .iter()
+        .map(|c| (c.channel.as_str(), c.granted))
+        .collect();
     assert_eq!(got, [("any", true), ("sms", false)]);
     // bad input
     let mut bad = consent(&m.member_id, "spam", "fax", true);
     bad.policy_version = String::new();
-    let err = c.set_consent(env.ts.request(bad, &me)).await.unwrap_err();
+    let err = client
+        .set_consent(env.ts.request(bad, &me))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let f = common::fields_of(&err);
     for want in ["purpose", "channel", "policy_version"] {
@@ -284,7 +299,6 @@ async fn export_holds_everything_and_erasure_propagates(engine: TestEngine) {
     assert_eq!(em.member_id, m.member_id, "the pseudonymous id stays");
     assert_eq!(em.profile.unwrap(), pb::MemberProfile::default());
     assert!(em.external_id.is_empty() && em.tags.is_empty());
-    use pb::lookup_member_request::Key;
     for key in [
         Key::Phone("+8613800000001".into()),
         Key::Email("a@example.com".into()),

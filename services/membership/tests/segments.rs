@@ -2,6 +2,8 @@
 //! compiled to SQL, keyset pages) and GetMemberSegments (rules evaluated in
 //! memory) both agree with a brute-force filter written here, for many
 //! seeded random rules.
+// amounts are written as <yuan>_<fen> minor units (1_000_00 = 1000.00)
+#![allow(clippy::inconsistent_digit_grouping)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! threshold, no downgrade before the evaluation date, the one-level soft
 //! landing at evaluation, refunds, rolling-window edges and the program's
 //! time zone at midnight.
+// amounts are written as <yuan>_<fen> minor units (1_000_00 = 1000.00)
+#![allow(clippy::inconsistent_digit_grouping)]
 
 mod common;
 

@@ -297,12 +297,12 @@ fn check_writable(m: &MemberRecord) -> Result<(), ServiceError> {
 #[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]
 pub async fn update(
     rt: &ServiceRuntime,
-    p: &Principal,
+    caller: &Principal,
     req: pb::UpdateMemberRequest,
 ) -> Result<pb::UpdateMemberResponse, ServiceError> {
     required("program_id", &req.program_id)?;
     required("member_id", &req.member_id)?;
-    self_or(p, &req.program_id, &req.member_id, WRITERS)?;
+    self_or(caller, &req.program_id, &req.member_id, WRITERS)?;
     let mask = req.update_mask.clone().map(|m| m.paths).unwrap_or_default();
     let patch = req.profile.clone().unwrap_or_default();
     let program = {

@@ -95,11 +95,11 @@ fn apply_field(
     match name {
         "given_name" => {
             name_ok(&field, &p.given_name, v);
-            out.given_name = p.given_name.trim().to_owned();
+            p.given_name.trim().clone_into(&mut out.given_name);
         }
         "family_name" => {
             name_ok(&field, &p.family_name, v);
-            out.family_name = p.family_name.trim().to_owned();
+            p.family_name.trim().clone_into(&mut out.family_name);
         }
         "phone" => {
             out.phone = if p.phone.trim().is_empty() {

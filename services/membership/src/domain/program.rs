@@ -291,7 +291,7 @@ pub(crate) mod tests {
                     privileges: vec![pb::TierPrivilege {
                         benefit_code: POINTS_MULTIPLIER_BP.into(),
                         value: *bp,
-                        parameters: Default::default(),
+                        parameters: std::collections::HashMap::default(),
                     }],
                 })
                 .collect(),
@@ -310,7 +310,7 @@ pub(crate) mod tests {
     fn valid_rules_parse_with_multipliers() {
         let mut v = Violations::new();
         let rules = parse_tier_rules(
-            &program(&[("BASE", 0, 10_000), ("GOLD", 500_00, 15_000)]),
+            &program(&[("BASE", 0, 10_000), ("GOLD", 50_000, 15_000)]),
             &mut v,
         )
         .unwrap();

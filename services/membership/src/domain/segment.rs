@@ -232,12 +232,11 @@ fn parse_condition(c: &pb::SegmentCondition, path: &str, v: &mut Violations) -> 
         if field.is_number() {
             let mut nums = Vec::new();
             for (i, s) in c.values.iter().enumerate() {
-                match s.trim().parse::<i64>() {
-                    Ok(n) => nums.push(n),
-                    Err(_) => {
-                        v.add(format!("{path}.values[{i}]"), "must be a whole number");
-                        return None;
-                    }
+                if let Ok(n) = s.trim().parse::<i64>() {
+                    nums.push(n);
+                } else {
+                    v.add(format!("{path}.values[{i}]"), "must be a whole number");
+                    return None;
                 }
             }
             Value::Numbers(nums)

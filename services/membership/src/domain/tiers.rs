@@ -188,6 +188,8 @@ pub fn progress(
 pub(crate) mod tests {
     use super::*;
 
+    use std::collections::BTreeMap;
+
     use crate::domain::program::Privilege;
 
     /// Asia/Shanghai: UTC+8 all year.
@@ -206,7 +208,7 @@ pub(crate) mod tests {
                 privileges: vec![Privilege {
                     benefit_code: "points_multiplier_bp".into(),
                     value: 10_000 + 5_000 * i as i64,
-                    parameters: Default::default(),
+                    parameters: BTreeMap::default(),
                 }],
             })
             .collect()
@@ -391,7 +393,7 @@ pub(crate) mod tests {
             }
             match review(&t, current, value) {
                 Review::Keep(l) => {
-                    assert!(l == current && (value >= t[current].threshold || current == 0))
+                    assert!(l == current && (value >= t[current].threshold || current == 0));
                 }
                 Review::Downgrade(l) => assert!(l + 1 == current && value < t[current].threshold),
                 Review::Upgrade(l) => assert!(l > current),

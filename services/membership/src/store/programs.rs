@@ -42,7 +42,7 @@ pub fn validate(p: &pb::Program) -> Result<(TierRules, ProgramTz, Currency), Ser
     let rules = parse_tier_rules(p, &mut v);
     v.finish()?;
     match (rules, tz, currency) {
-        (Some(r), Some(t), Some(c)) => Ok((r, t, c)),
+        (Some(rules), Some(tz), Some(currency)) => Ok((rules, tz, currency)),
         _ => Err(ServiceError::invalid("program", "is invalid")),
     }
 }
