@@ -5,7 +5,7 @@
 // amounts are written as <yuan>_<fen> minor units (1_000_00 = 1000.00)
 #![allow(clippy::inconsistent_digit_grouping)]
 
-#[path = "../benches/bulk.rs"]
+#[path = "../benches/support/bulk.rs"]
 mod bulk;
 mod common;
 
