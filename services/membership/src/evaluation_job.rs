@@ -105,6 +105,7 @@ impl Job for TierEvaluationJob {
         for (m, a) in activity::of_member_range(tx, &program_id, &after, &last, earliest).await? {
             acts.entry(m).or_default().push(a);
         }
+        let mut keeps = Vec::with_capacity(due.len());
         for (m, (from, to)) in due.iter().zip(windows) {
             let value = qualifying_value(
                 rules.metric,
@@ -120,9 +121,7 @@ impl Job for TierEvaluationJob {
                 next = next_evaluation(rules.evaluation, &program.tz, now);
             }
             match review(&rules.tiers, current, value) {
-                Review::Keep(_) => {
-                    members::set_next_evaluation(tx, &m.member_id, to_micros(next)).await?;
-                }
+                Review::Keep(_) => keeps.push((m.member_id.clone(), to_micros(next))),
                 Review::Downgrade(level) => {
                     let to = TierMove {
                         level,
@@ -145,6 +144,7 @@ impl Job for TierEvaluationJob {
                 }
             }
         }
+        members::set_next_evaluations(tx, &keeps).await?;
         after = last;
         self.rt.outbox.notify();
         Ok(ChunkOutcome {

@@ -114,7 +114,12 @@ pub async fn run_evaluation(
     required("program_id", &req.program_id)?;
     p.require_role(&req.program_id, ADMIN)?;
     let job = TierEvaluationJob::new(rt.clone());
-    let report = JobRunner::new(rt.db.clone()).trigger(&job).await?;
+    let runner = JobRunner::new(rt.db.clone());
+    // Its own task: a caller that gives up (deadline, disconnect) does not
+    // cut the run between checkpoints; it finishes and releases its lease.
+    let report = tokio::spawn(async move { runner.trigger(&job).await })
+        .await
+        .map_err(ServiceError::internal)??;
     rt.outbox.notify();
     Ok(match report {
         Some(r) => pb::RunTierEvaluationResponse {

@@ -330,17 +330,28 @@ pub async fn set_tier(
     Ok(done.rows_affected() == 1)
 }
 
-/// Moves the next evaluation date only (a review that kept the tier).
-pub async fn set_next_evaluation(
-    tx: &mut Tx,
-    member_id: &str,
-    next_evaluation_at: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE members SET next_evaluation_at = $1 WHERE member_id = $2")
-        .bind(next_evaluation_at)
-        .bind(member_id)
-        .execute(&mut **tx)
-        .await?;
+/// Moves the next evaluation date of many members in one statement (a
+/// chunk of reviews that kept their tiers).
+pub async fn set_next_evaluations(tx: &mut Tx, rows: &[(String, i64)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // only placeholders are generated; every value is bound
+    let mut cases = String::new();
+    let mut ids = Vec::with_capacity(rows.len());
+    for i in 0..rows.len() {
+        cases.push_str(&format!(" WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2));
+        ids.push(format!("${}", 2 * i + 1));
+    }
+    let sql = format!(
+        "UPDATE members SET next_evaluation_at = CASE member_id{cases} ELSE next_evaluation_at END WHERE member_id IN ({})",
+        ids.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (id, next) in rows {
+        q = q.bind(id).bind(*next);
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
 
