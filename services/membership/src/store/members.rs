@@ -2,6 +2,7 @@
 //! (`WHERE version = $n`), tags, listing and erasure.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use loyalty_common::ServiceError;
@@ -340,7 +341,7 @@ pub async fn set_next_evaluations(tx: &mut Tx, rows: &[(String, i64)]) -> Result
     let mut cases = String::new();
     let mut ids = Vec::with_capacity(rows.len());
     for i in 0..rows.len() {
-        cases.push_str(&format!(" WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2));
+        let _ = write!(cases, " WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2);
         ids.push(format!("${}", 2 * i + 1));
     }
     let sql = format!(
