@@ -25,6 +25,7 @@ test_on_both_engines!(
     lookups_and_authorisation,
     concurrent_updates_never_lose_a_write,
     status_changes_and_list_paging,
+    concurrent_enrolments_race_to_one_member_per_key,
 );
 
 async fn programs_are_validated_and_created_once(engine: TestEngine) {
@@ -625,5 +626,63 @@ async fn status_changes_and_list_paging(engine: TestEngine) {
         .await
         .unwrap_err();
     assert!(fields_of(&err).contains(&"tier_code".to_owned()));
+    env.ts.stop().await;
+}
+
+async fn concurrent_enrolments_race_to_one_member_per_key(engine: TestEngine) {
+    let env = Env::start(engine).await;
+    env.create_program(program("p1")).await;
+    let enrol = |ext: String, phone: &str| pb::EnrollMemberRequest {
+        program_id: "p1".into(),
+        external_id: ext,
+        profile: Some(profile(phone, "")),
+        enrolment_channel: "app".into(),
+        tags: Vec::new(),
+    };
+    // the same phone under different external ids: one member, the rest
+    // ALREADY_EXISTS naming the phone
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let mut c = env.client.clone();
+        let req = env.req(enrol(format!("x{i}"), "+8613800000077"), "p1");
+        tasks.push(tokio::spawn(async move { c.enroll_member(req).await }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => {
+                assert!(r.into_inner().created);
+                created += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::AlreadyExists);
+                assert!(
+                    fields_of(&e).contains(&"profile.phone".to_owned()),
+                    "{:?}",
+                    fields_of(&e)
+                );
+            }
+        }
+    }
+    assert_eq!(created, 1);
+    // the same enrolment sent 8 times at once (client retries): one member
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut c = env.client.clone();
+        let req = env.req(enrol("same".into(), "+8613800000088"), "p1");
+        tasks.push(tokio::spawn(async move { c.enroll_member(req).await }));
+    }
+    let mut ids = BTreeSet::new();
+    let mut firsts = 0;
+    for t in tasks {
+        let r = t
+            .await
+            .unwrap()
+            .expect("a replay answers like the first call")
+            .into_inner();
+        firsts += usize::from(r.created);
+        ids.insert(r.member.unwrap().member_id);
+    }
+    assert_eq!((ids.len(), firsts), (1, 1));
     env.ts.stop().await;
 }
