@@ -130,8 +130,15 @@ pub async fn enroll(
             Err(already(Key::ExternalId))
         };
     }
-    if let Some(key) = members::taken_key(&mut tx, &req.program_id, "", None, &profile).await? {
-        return Err(already(key));
+    if members::taken_key(&mut tx, &req.program_id, "", None, &profile)
+        .await?
+        .is_some()
+    {
+        // maybe taken by this very enrolment, committed meanwhile (a retry
+        // racing the first call)
+        tx.rollback().await?;
+        let mut c = rt.db.pool().acquire().await?;
+        return replay_or_conflict(&mut c, &req, &print, &profile).await;
     }
     let base = &program.rules.tiers[0];
     let record = MemberRecord {
@@ -156,25 +163,7 @@ pub async fn enroll(
             // a concurrent enrolment took a key between our check and insert
             tx.rollback().await?;
             let mut c = rt.db.pool().acquire().await?;
-            if let Some(existing) =
-                members::find_by(&mut c, &req.program_id, Key::ExternalId, &req.external_id).await?
-                && existing.enrol_fingerprint == record.enrol_fingerprint
-            {
-                let member = to_proto(&mut c, &existing).await?;
-                return Ok(pb::EnrollMemberResponse {
-                    member: Some(member),
-                    created: false,
-                });
-            }
-            let key = members::taken_key(
-                &mut c,
-                &req.program_id,
-                "",
-                Some(&req.external_id),
-                &profile,
-            )
-            .await?;
-            return Err(already(key.unwrap_or(Key::ExternalId)));
+            return replay_or_conflict(&mut c, &req, &record.enrol_fingerprint, &profile).await;
         }
         Err(e) => return Err(e.into()),
     }
@@ -185,6 +174,31 @@ pub async fn enroll(
         member: Some(member),
         created: true,
     })
+}
+
+/// After a key conflict: the answer of the first call if this enrolment
+/// was made already (same external id and request), else ALREADY_EXISTS
+/// naming the field another member holds.
+async fn replay_or_conflict(
+    c: &mut AnyConnection,
+    req: &pb::EnrollMemberRequest,
+    print: &str,
+    profile: &Profile,
+) -> Result<pb::EnrollMemberResponse, ServiceError> {
+    if let Some(existing) =
+        members::find_by(c, &req.program_id, Key::ExternalId, &req.external_id).await?
+    {
+        if existing.enrol_fingerprint == print {
+            let member = to_proto(c, &existing).await?;
+            return Ok(pb::EnrollMemberResponse {
+                member: Some(member),
+                created: false,
+            });
+        }
+        return Err(already(Key::ExternalId));
+    }
+    let key = members::taken_key(c, &req.program_id, "", Some(&req.external_id), profile).await?;
+    Err(already(key.unwrap_or(Key::ExternalId)))
 }
 
 async fn write_enrolment(
