@@ -14,7 +14,8 @@ use tonic::Code;
 
 test_on_both_engines!(
     consent_withdrawal_stops_contact,
-    export_holds_everything_and_erasure_propagates
+    export_holds_everything_and_erasure_propagates,
+    concurrent_consent_and_erasure_requests_apply_once
 );
 
 fn consent(member_id: &str, purpose: &str, channel: &str, granted: bool) -> pb::SetConsentRequest {
@@ -382,5 +383,53 @@ async fn export_holds_everything_and_erasure_propagates(engine: TestEngine) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
+    env.ts.stop().await;
+}
+
+async fn concurrent_consent_and_erasure_requests_apply_once(engine: TestEngine) {
+    let env = Env::start(engine).await;
+    env.create_program(program("p1")).await;
+    let m = env.enroll("p1", "u1", profile("+8613800000001", "")).await;
+    // the same grant sent 8 times at once: one change, one event
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut c = env.client.clone();
+        let req = env.req(consent(&m.member_id, "marketing", "sms", true), "p1");
+        tasks.push(tokio::spawn(async move { c.set_consent(req).await }));
+    }
+    let mut changed = 0;
+    for t in tasks {
+        changed += usize::from(t.await.unwrap().unwrap().into_inner().changed);
+    }
+    assert_eq!(changed, 1);
+    // the same erasure sent 8 times at once: one erasure, one event
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut c = env.client.clone();
+        let req = env.req(
+            pb::EraseMemberRequest {
+                program_id: "p1".into(),
+                member_id: m.member_id.clone(),
+            },
+            "p1",
+        );
+        tasks.push(tokio::spawn(async move { c.erase_member(req).await }));
+    }
+    let mut erased = 0;
+    for t in tasks {
+        erased += usize::from(t.await.unwrap().unwrap().into_inner().erased);
+    }
+    assert_eq!(erased, 1);
+    env.ts.settle().await;
+    let outbox = env.ts.outbox("membership").await;
+    let consents = outbox
+        .iter()
+        .filter(|e| matches!(e.payload, Some(Payload::ConsentChanged(_))))
+        .count();
+    let erasures = outbox
+        .iter()
+        .filter(|e| matches!(e.payload, Some(Payload::MemberErased(_))))
+        .count();
+    assert_eq!((consents, erasures), (1, 1));
     env.ts.stop().await;
 }

@@ -50,6 +50,7 @@ pub async fn set(
     v.finish()?;
     let at = at.unwrap_or(at_now);
     let mut tx = rt.db.begin().await?;
+    members::lock(&mut tx, &req.member_id).await?;
     let m = members::require(&mut tx, &req.program_id, &req.member_id).await?;
     if m.status == "erased" {
         return Err(ServiceError::precondition("the member is erased"));

@@ -67,6 +67,7 @@ pub async fn erase(
     self_or(p, &req.program_id, &req.member_id, SUPPORT)?;
     let at = now(rt);
     let mut tx = rt.db.begin().await?;
+    members::lock(&mut tx, &req.member_id).await?;
     let m = members::require(&mut tx, &req.program_id, &req.member_id).await?;
     if m.status == "erased" {
         let member = super::members::to_proto(&mut tx, &m).await?;

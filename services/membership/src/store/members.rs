@@ -154,6 +154,18 @@ pub async fn require(
         .ok_or_else(|| ServiceError::not_found("member", member_id))
 }
 
+/// Takes the member's row lock for the rest of the transaction (a no-op
+/// update: PostgreSQL locks the row, SQLite's writer is already exclusive),
+/// so that read-then-write operations on one member run one after the
+/// other. Reads after it see what the previous holder committed.
+pub async fn lock(tx: &mut Tx, member_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE members SET version = version WHERE member_id = $1")
+        .bind(member_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// A unique key of a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key {
