@@ -18,6 +18,7 @@ test_on_both_engines!(
     rolling_window_drops_a_purchase_exactly_n_months_old_at_local_midnight,
     calendar_year_window_follows_the_program_time_zone,
     events_for_unknown_members_are_handled_without_effect,
+    points_and_order_count_programs_qualify_by_their_own_measure,
 );
 
 async fn upgrades_at_once_downgrades_one_level_only_at_evaluation(engine: TestEngine) {
@@ -244,5 +245,78 @@ async fn events_for_unknown_members_are_handled_without_effect(engine: TestEngin
         .await
         .unwrap();
     assert_eq!(dead, 0);
+    env.ts.stop().await;
+}
+
+fn points_earned(
+    program: &str,
+    member: &str,
+    entry: &str,
+    points: i64,
+) -> loyalty_proto::events::EventEnvelope {
+    loyalty_common::events::new_envelope(
+        "rewards",
+        program,
+        member,
+        loyalty_proto::events::event_envelope::Payload::PointsEarned(
+            loyalty_proto::events::PointsEarned {
+                entry_id: entry.into(),
+                points,
+                cause: "o1".into(),
+                pending_until: None,
+                expires_at: None,
+            },
+        ),
+    )
+}
+
+async fn points_and_order_count_programs_qualify_by_their_own_measure(engine: TestEngine) {
+    let env = Env::start(engine).await;
+    let t = env.at("2026-02-01T02:00:00Z");
+    let mut points = program("pts");
+    points.qualifying_metric = pb::QualifyingMetric::Points as i32;
+    env.create_program(points).await;
+    let mut orders = program("ord");
+    orders.qualifying_metric = pb::QualifyingMetric::OrderCount as i32;
+    for (i, tier) in orders.tiers.iter_mut().enumerate() {
+        tier.threshold = [0, 2, 5, 10][i];
+    }
+    env.create_program(orders).await;
+
+    let a = env.enroll("pts", "u1", profile("", "")).await;
+    // spend does not count in a points program; points do, once per entry
+    env.ts
+        .publish(&[purchase("pts", &a.member_id, "o1", 50_000_00, t)])
+        .await;
+    assert_eq!(env.member("pts", &a.member_id).await.tier_code, "BASE");
+    env.ts
+        .publish(&[
+            points_earned("pts", &a.member_id, "l1", 600_00),
+            points_earned("pts", &a.member_id, "l1", 600_00),
+        ])
+        .await;
+    assert_eq!(
+        env.progress("pts", &a.member_id).await.qualifying_value,
+        600_00
+    );
+    env.ts
+        .publish(&[points_earned("pts", &a.member_id, "l2", 400_00)])
+        .await;
+    assert_eq!(env.member("pts", &a.member_id).await.tier_code, "SILVER");
+
+    let b = env.enroll("ord", "u1", profile("", "")).await;
+    env.ts
+        .publish(&[purchase("ord", &b.member_id, "o1", 1, t)])
+        .await;
+    assert_eq!(env.member("ord", &b.member_id).await.tier_code, "BASE");
+    env.ts
+        .publish(&[purchase("ord", &b.member_id, "o2", 1, t)])
+        .await;
+    let p = env.progress("ord", &b.member_id).await;
+    assert_eq!(
+        (p.qualifying_value, p.current_tier.unwrap().code.as_str()),
+        (2, "SILVER")
+    );
+    assert_eq!((p.remaining_to_next, p.percent_to_next), (3, 40));
     env.ts.stop().await;
 }
