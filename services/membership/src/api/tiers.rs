@@ -15,7 +15,6 @@ use crate::domain::program::Metric;
 use crate::domain::tiers::{progress, review_window, window_start};
 use crate::evaluation_job::TierEvaluationJob;
 use crate::store::{activity, members, programs};
-use crate::tiering::open_end;
 
 fn metric_proto(m: Metric) -> pb::QualifyingMetric {
     match m {
@@ -39,30 +38,17 @@ pub async fn progress_of(
     let m = members::require(&mut c, &req.program_id, &req.member_id).await?;
     let rules = &program.rules;
     let start = window_start(rules.window, &program.tz, at);
-    let value = activity::value(
+    let evaluation_at = from_micros(m.next_evaluation_at);
+    let (review_from, _) = review_window(rules, &program.tz, evaluation_at);
+    let (value, still) = activity::values_since(
         &mut c,
         &m.program_id,
         &m.member_id,
         rules.metric,
         start,
-        open_end(),
+        review_from,
     )
     .await?;
-    let evaluation_at = from_micros(m.next_evaluation_at);
-    let (review_from, _) = review_window(rules, &program.tz, evaluation_at);
-    let still = if review_from <= start {
-        value
-    } else {
-        activity::value(
-            &mut c,
-            &m.program_id,
-            &m.member_id,
-            rules.metric,
-            review_from,
-            open_end(),
-        )
-        .await?
-    };
     let level = rules.level_or_base(&m.tier_code);
     let pr = progress(&rules.tiers, level, value, still);
     Ok(pb::GetTierProgressResponse {

@@ -103,6 +103,45 @@ pub async fn value(
     Ok(v.max(0))
 }
 
+/// The qualifying value of a member since `from` and since `later_from`
+/// (`later_from >= from`), in one query: GetTierProgress needs the value in
+/// the current window and the part of it still counting at the review.
+pub async fn values_since(
+    c: &mut AnyConnection,
+    program_id: &str,
+    member_id: &str,
+    metric: Metric,
+    from: DateTime<Utc>,
+    later_from: DateTime<Utc>,
+) -> Result<(i64, i64), ServiceError> {
+    let sql = match metric {
+        Metric::Spend => {
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN occurred_at >= $4 THEN amount ELSE 0 END), 0) AS BIGINT) \
+             FROM qualifying_activity WHERE program_id = $1 AND member_id = $2 AND occurred_at >= $3 \
+             AND kind IN ('purchase', 'refund')"
+        }
+        Metric::Points => {
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN occurred_at >= $4 THEN amount ELSE 0 END), 0) AS BIGINT) \
+             FROM qualifying_activity WHERE program_id = $1 AND member_id = $2 AND occurred_at >= $3 AND kind = 'points'"
+        }
+        Metric::OrderCount => {
+            "SELECT CAST(COUNT(*) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN occurred_at >= $4 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             FROM qualifying_activity WHERE program_id = $1 AND member_id = $2 AND occurred_at >= $3 AND kind = 'purchase'"
+        }
+    };
+    let (all, later): (i64, i64) = sqlx::query_as(sql)
+        .bind(program_id)
+        .bind(member_id)
+        .bind(to_micros(from))
+        .bind(to_micros(later_from.max(from)))
+        .fetch_one(c)
+        .await?;
+    Ok((all.max(0), later.max(0)))
+}
+
 /// Activity of the members in `(after, last]` of a program since `from`
 /// (one chunk of the evaluation job), ordered by member.
 pub async fn of_member_range(
