@@ -71,7 +71,10 @@ pub struct GroupCommitSettings {
     /// Writer tasks, each committing its own batches on its own connection
     /// (forced to 1 on SQLite).
     pub writers: usize,
-    /// Most items in one transaction.
+    /// Most items in one transaction. On PostgreSQL keep it at 64 or
+    /// below: each item is a subtransaction, and a transaction with more
+    /// than 64 of them overflows PostgreSQL's per-backend cache of
+    /// subtransaction ids, which slows every other session's snapshots.
     pub max_batch: usize,
 }
 
@@ -79,7 +82,7 @@ impl Default for GroupCommitSettings {
     fn default() -> Self {
         Self {
             writers: 2,
-            max_batch: 128,
+            max_batch: 64,
         }
     }
 }
@@ -258,6 +261,8 @@ trait Pending: Send {
         &'t mut self,
         tx: &'t mut Tx,
     ) -> Pin<Box<dyn Future<Output = Attempt> + Send + 't>>;
+    /// Replaces the kept answer by `err` (its writes were undone).
+    fn refuse(&mut self, err: ServiceError);
     /// Sends the kept answer (after the commit).
     fn answer(self: Box<Self>);
     /// Sends `err` instead (the batch could not be committed).
@@ -299,6 +304,10 @@ where
                 }
             }
         })
+    }
+
+    fn refuse(&mut self, err: ServiceError) {
+        self.outcome = Some(Err(err));
     }
 
     fn answer(self: Box<Self>) {
@@ -408,6 +417,11 @@ async fn commit_with_retries(
 
 /// One attempt: every item in its savepoint, one commit. `Err` when the
 /// transaction as a whole failed (nothing of it committed).
+///
+/// Savepoint commands go as plain SQL text (no prepared statement per
+/// savepoint name) and the end of one item's savepoint shares its round
+/// trip with the start of the next one's, so an item costs one round trip
+/// more than its own statements.
 async fn run_batch(
     db: &Db,
     batch: &mut [Box<dyn Pending>],
@@ -415,27 +429,36 @@ async fn run_batch(
     seq: u64,
 ) -> Result<(), String> {
     let mut tx = db.begin().await.map_err(|e| e.to_string())?;
-    // a lone item needs no savepoint: if it refuses, the transaction goes
-    if let [only] = batch {
-        return match only.attempt(&mut tx).await {
-            Attempt::Done => commit(tx, shared, seq).await,
-            Attempt::Refused => {
-                // nothing to keep; a failed rollback is a closed connection,
-                // which rolls back too
-                let _ = tx.rollback().await;
-                Ok(())
-            }
-            Attempt::Transient(why) => Err(why),
-        };
-    }
+    // A lone item gets its savepoint too: on PostgreSQL that is how work
+    // that swallowed a database error is caught (RELEASE fails) instead of
+    // COMMIT silently rolling back an aborted transaction.
+    raw(&mut tx, "SAVEPOINT gc_0".to_owned()).await?;
+    let last = batch.len() - 1;
     for (i, job) in batch.iter_mut().enumerate() {
-        exec(&mut tx, &format!("SAVEPOINT gc_{i}")).await?;
+        let next = if i == last {
+            String::new()
+        } else {
+            format!("; SAVEPOINT gc_{}", i + 1)
+        };
+        let undo = format!("ROLLBACK TO SAVEPOINT gc_{i}; RELEASE SAVEPOINT gc_{i}{next}");
         match job.attempt(&mut tx).await {
-            Attempt::Done => {}
-            Attempt::Refused => exec(&mut tx, &format!("ROLLBACK TO SAVEPOINT gc_{i}")).await?,
+            Attempt::Done => {
+                if raw(&mut tx, format!("RELEASE SAVEPOINT gc_{i}{next}"))
+                    .await
+                    .is_err()
+                {
+                    // The work answered Ok but left the transaction unusable
+                    // (on PostgreSQL: it swallowed a database error). Undo it
+                    // alone; if even that fails, the batch is retried.
+                    job.refuse(ServiceError::internal(
+                        "group commit work left its transaction aborted (a database error was ignored)",
+                    ));
+                    raw(&mut tx, undo).await?;
+                }
+            }
+            Attempt::Refused => raw(&mut tx, undo).await?,
             Attempt::Transient(why) => return Err(why),
         }
-        exec(&mut tx, &format!("RELEASE SAVEPOINT gc_{i}")).await?;
     }
     commit(tx, shared, seq).await
 }
@@ -453,8 +476,9 @@ async fn commit(tx: Tx, shared: &Shared, seq: u64) -> Result<(), String> {
     tx.commit().await.map_err(|e| e.to_string())
 }
 
-async fn exec(tx: &mut Tx, sql: &str) -> Result<(), String> {
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+/// Runs savepoint commands (one or several, `;`-separated) as plain text.
+async fn raw(tx: &mut Tx, sql: String) -> Result<(), String> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
         .execute(&mut **tx)
         .await
         .map(drop)

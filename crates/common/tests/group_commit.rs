@@ -432,6 +432,115 @@ async fn shutdown_waits_for_queued_work(engine: TestEngine) {
     assert_eq!(entries(&db).await.len(), 20);
 }
 
+/// Work that ignores a database error and answers Ok: on PostgreSQL the
+/// error aborted the transaction, so the item is undone alone and its
+/// caller gets INTERNAL instead of a false Ok; SQLite keeps going after a
+/// failed statement, so there the item's other write commits.
+async fn work_that_ignores_a_database_error_is_isolated(engine: TestEngine) {
+    let db = setup(engine).await;
+    let gc = Arc::new(GroupCommitter::new(db.db.clone(), one_writer()));
+    let (release, blocker) = hold_writer(&gc).await;
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        let gc = gc.clone();
+        calls.push(tokio::spawn(async move {
+            let id = format!("e{i}");
+            gc.run(&id.clone(), move |tx: &mut Tx| {
+                let id = id.clone();
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO entries (id, member, points) VALUES ($1, 'm', 1)")
+                        .bind(&id)
+                        .execute(&mut **tx)
+                        .await?;
+                    if id == "e1" {
+                        // a duplicate of the row just written: ignored
+                        let dup = sqlx::query(
+                            "INSERT INTO entries (id, member, points) VALUES ($1, 'm', 1)",
+                        )
+                        .bind(&id)
+                        .execute(&mut **tx)
+                        .await;
+                        assert!(dup.is_err());
+                    }
+                    Ok(id)
+                })
+            })
+            .await
+        }));
+    }
+    wait_queued(&gc, 3).await;
+    release.notify_one();
+    blocker.await.unwrap();
+    let mut answers = Vec::new();
+    for c in calls {
+        answers.push(c.await.unwrap());
+    }
+    assert_eq!(answers[0].as_deref().unwrap(), "e0");
+    assert_eq!(answers[2].as_deref().unwrap(), "e2");
+    if engine == TestEngine::Postgres {
+        assert!(
+            matches!(answers[1], Err(ServiceError::Internal(_))),
+            "{:?}",
+            answers[1]
+        );
+        assert_eq!(entries(&db).await, ["e0", "e2"]);
+    } else {
+        assert_eq!(answers[1].as_deref().unwrap(), "e1");
+        assert_eq!(entries(&db).await, ["e0", "e1", "e2"]);
+    }
+    assert_eq!(gc.stats().retries, 0, "the others were not retried");
+}
+
+/// A lone item that ignores a database error is caught the same way
+/// (PostgreSQL would otherwise turn COMMIT into a silent rollback).
+async fn a_lone_item_ignoring_an_error_gets_no_false_ok(engine: TestEngine) {
+    let db = setup(engine).await;
+    let gc = GroupCommitter::new(db.db.clone(), one_writer());
+    let answer = gc
+        .run("m", |tx: &mut Tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO entries (id, member, points) VALUES ('x', 'm', 1)")
+                    .execute(&mut **tx)
+                    .await?;
+                let _ =
+                    sqlx::query("INSERT INTO entries (id, member, points) VALUES ('x', 'm', 1)")
+                        .execute(&mut **tx)
+                        .await;
+                Ok(())
+            })
+        })
+        .await;
+    let committed = entries(&db).await == ["x"];
+    assert_eq!(
+        answer.is_ok(),
+        committed,
+        "Ok if and only if committed: {answer:?}"
+    );
+    assert_eq!(committed, engine == TestEngine::Sqlite);
+}
+
+async fn a_panicking_item_gets_internal_and_the_writer_lives(engine: TestEngine) {
+    let db = setup(engine).await;
+    let gc = GroupCommitter::new(db.db.clone(), one_writer());
+    let answer = gc
+        .run(
+            "m",
+            |_tx: &mut Tx| -> loyalty_common::idempotency::WorkFuture<'_, ()> {
+                Box::pin(async { panic!("bug in the work") })
+            },
+        )
+        .await;
+    assert!(
+        matches!(answer, Err(ServiceError::Internal(_))),
+        "{answer:?}"
+    );
+    // the writer survived and keeps committing
+    earn(&gc, "after".into(), 1, false, Arc::default())
+        .await
+        .unwrap();
+    assert_eq!(entries(&db).await, ["after"]);
+}
+
 loyalty_common::test_on_both_engines!(
     answers_come_after_the_commit,
     a_failing_item_rolls_back_only_itself,
@@ -442,4 +551,7 @@ loyalty_common::test_on_both_engines!(
     a_serialization_failure_retries_the_batch,
     dropping_the_committer_drains_the_queue,
     shutdown_waits_for_queued_work,
+    work_that_ignores_a_database_error_is_isolated,
+    a_lone_item_ignoring_an_error_gets_no_false_ok,
+    a_panicking_item_gets_internal_and_the_writer_lives,
 );
