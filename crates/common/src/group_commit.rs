@@ -33,6 +33,9 @@
 //!   what is queued, then stop ([`GroupCommitter::shutdown`] also waits for
 //!   that).
 //!
+//! [`GroupCommitter::run_idempotent`] adds an idempotency key claimed in
+//! the item, the way most platform writes need it.
+//!
 //! Work runs in the batch's transaction and must not call `db.begin()`
 //! itself (on SQLite that waits for the writer it is running on), nor
 //! change the transaction (no COMMIT, no isolation level).
@@ -53,12 +56,13 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use opentelemetry::metrics::{Counter, Histogram};
+use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::ServiceError;
 use crate::db::{Db, Engine, Tx};
-use crate::idempotency::WorkFuture;
+use crate::idempotency::{self, Claim, WorkFuture};
 
 /// Attempts of one batch before its callers get `Unavailable`.
 pub const MAX_ATTEMPTS: u32 = 4;
@@ -185,6 +189,54 @@ impl GroupCommitter {
                 "group commit writer stopped before answering".into(),
             ))
         })
+    }
+
+    /// [`run`](Self::run) with an idempotency key, as
+    /// [`idempotency::run_idempotent`] does in a transaction of its own:
+    /// validates `idem_key` (field `idempotency_key`), claims it in the
+    /// batch's transaction, runs `work` and stores its encoded answer with
+    /// the claim. A replay answers the stored response without running
+    /// `work`; other parameters give `IdempotencyKeyReused`. Duplicates in
+    /// the same batch see the first one's claim and answer (same
+    /// transaction), so the work runs once.
+    ///
+    /// [`idempotency::run_idempotent`]: crate::idempotency::run_idempotent
+    pub async fn run_idempotent<Req, Resp, F>(
+        &self,
+        key: &str,
+        scope: &str,
+        idem_key: &str,
+        request: &Req,
+        work: F,
+    ) -> Result<Resp, ServiceError>
+    where
+        Req: Message,
+        Resp: Message + Default + Send + 'static,
+        F: for<'t> Fn(&'t mut Tx) -> WorkFuture<'t, Resp> + Send + Sync + 'static,
+    {
+        idempotency::validate_key(idempotency::KEY_FIELD, idem_key)?;
+        let print = idempotency::fingerprint(request);
+        let (scope, idem_key) = (scope.to_owned(), idem_key.to_owned());
+        let work = Arc::new(work);
+        self.run(key, move |tx: &mut Tx| {
+            let (scope, idem_key, print, work) =
+                (scope.clone(), idem_key.clone(), print.clone(), work.clone());
+            Box::pin(async move {
+                match idempotency::claim(tx, &scope, &idem_key, &print).await? {
+                    Claim::New => {}
+                    Claim::Replay(bytes) => {
+                        return Resp::decode(bytes.as_slice()).map_err(ServiceError::internal);
+                    }
+                    Claim::Mismatch => {
+                        return Err(ServiceError::IdempotencyKeyReused { key: idem_key });
+                    }
+                }
+                let response = work(tx).await?;
+                idempotency::complete(tx, &scope, &idem_key, &response.encode_to_vec()).await?;
+                Ok(response)
+            })
+        })
+        .await
     }
 
     /// Items waiting in the queues (not yet taken into a batch).

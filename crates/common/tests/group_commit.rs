@@ -541,6 +541,95 @@ async fn a_panicking_item_gets_internal_and_the_writer_lives(engine: TestEngine)
     assert_eq!(entries(&db).await, ["after"]);
 }
 
+/// The earn of the idempotency tests, through the committer: records a row
+/// and answers with a fresh value, so a replay is told apart from a second
+/// execution.
+async fn earn_once(
+    gc: &GroupCommitter,
+    idem_key: &str,
+    amount: i64,
+) -> Result<prost_types::Duration, ServiceError> {
+    let request = prost_types::Duration {
+        seconds: amount,
+        nanos: 0,
+    };
+    let id = idem_key.to_owned();
+    gc.run_idempotent(
+        "m",
+        "test.Earn/p1",
+        idem_key,
+        &request,
+        move |tx: &mut Tx| {
+            let id = id.clone();
+            Box::pin(async move {
+                sqlx::query("INSERT INTO entries (id, member, points) VALUES ($1, 'm', $2)")
+                    .bind(format!("{id}-{}", rand::random::<u32>()))
+                    .bind(amount)
+                    .execute(&mut **tx)
+                    .await?;
+                if amount < 0 {
+                    return Err(ServiceError::invalid("amount", "must not be negative"));
+                }
+                Ok(prost_types::Duration {
+                    seconds: amount,
+                    nanos: rand::random_range(1..1_000_000_000),
+                })
+            })
+        },
+    )
+    .await
+}
+
+async fn idempotent_duplicates_in_one_batch_run_once(engine: TestEngine) {
+    let db = setup(engine).await;
+    let gc = Arc::new(GroupCommitter::new(db.db.clone(), one_writer()));
+    let (release, blocker) = hold_writer(&gc).await;
+    let mut calls = Vec::new();
+    // a refused first try, ten duplicates, and the key with other parameters
+    for amount in std::iter::once(-1).chain([5; 10]).chain([6]) {
+        let gc2 = gc.clone();
+        calls.push(tokio::spawn(
+            async move { earn_once(&gc2, "k1", amount).await },
+        ));
+        // one at a time into the queue, so the batch keeps this order
+        wait_queued(&gc, calls.len()).await;
+    }
+    release.notify_one();
+    blocker.await.unwrap();
+    let mut answers = Vec::new();
+    for c in calls {
+        answers.push(c.await.unwrap());
+    }
+    assert_eq!(gc.stats().batches, 2, "all in one batch");
+    assert!(matches!(answers[0], Err(ServiceError::InvalidArgument(_))));
+    let first = answers[1].as_ref().unwrap();
+    for a in &answers[1..11] {
+        assert_eq!(
+            a.as_ref().unwrap(),
+            first,
+            "every duplicate got the one answer"
+        );
+    }
+    assert!(
+        matches!(answers[11], Err(ServiceError::IdempotencyKeyReused { .. })),
+        "{:?}",
+        answers[11]
+    );
+    assert_eq!(
+        entries(&db).await.len(),
+        1,
+        "the work ran once (the refused try rolled back)"
+    );
+    // a replay after the commit answers the stored response
+    assert_eq!(&earn_once(&gc, "k1", 5).await.unwrap(), first);
+    assert_eq!(entries(&db).await.len(), 1);
+    let err = earn_once(&gc, "has space", 5).await.unwrap_err();
+    let ServiceError::InvalidArgument(v) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(v[0].field, "idempotency_key");
+}
+
 loyalty_common::test_on_both_engines!(
     answers_come_after_the_commit,
     a_failing_item_rolls_back_only_itself,
@@ -554,4 +643,5 @@ loyalty_common::test_on_both_engines!(
     work_that_ignores_a_database_error_is_isolated,
     a_lone_item_ignoring_an_error_gets_no_false_ok,
     a_panicking_item_gets_internal_and_the_writer_lives,
+    idempotent_duplicates_in_one_batch_run_once,
 );
