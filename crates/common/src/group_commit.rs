@@ -4,11 +4,24 @@
 //!
 //! Each caller hands [`GroupCommitter::run`] a unit of work and a key (the
 //! member id, say). A writer task takes everything queued for it (up to
-//! `max_batch`) as one batch, begins ONE transaction, runs every item inside
-//! its own `SAVEPOINT`, and commits once. An item that fails is rolled back
-//! to its savepoint and gets its own error; the others are unaffected. Every
-//! caller gets its answer only after the commit succeeded: an `Ok` means
-//! durable, exactly as with a transaction of its own.
+//! `max_batch`) as one batch, begins ONE transaction, runs the items and
+//! commits once. Every caller gets its answer only after the commit
+//! succeeded: an `Ok` means durable, exactly as with a transaction of its
+//! own.
+//!
+//! - **Fast path.** A batch first runs its items one after the other with
+//!   no savepoint (no extra round trip, no subtransaction per item). If
+//!   every item answers Ok and the transaction is still usable (on
+//!   PostgreSQL one `SELECT 1` before COMMIT: it fails in a transaction
+//!   aborted by an error some work swallowed, whose COMMIT would otherwise
+//!   silently roll back), the batch commits.
+//! - **Savepoint mode.** Otherwise (an item refused, or the transaction was
+//!   found aborted) the batch is rolled back and run again from its first
+//!   item with each item inside its own `SAVEPOINT`: an item that fails is
+//!   rolled back to its savepoint and gets its own error; the others are
+//!   unaffected. A batch that fell back stays in savepoint mode for its
+//!   retries. Items before and at the first failure therefore run twice
+//!   (the first run rolled back), which work allows anyway (see Retries).
 //!
 //! - **Retries.** If the batch as a whole fails (begin or commit error, a
 //!   deadlock or serialization failure reported by the database, a lost
@@ -76,9 +89,10 @@ pub struct GroupCommitSettings {
     /// (forced to 1 on SQLite).
     pub writers: usize,
     /// Most items in one transaction. On PostgreSQL keep it at 64 or
-    /// below: each item is a subtransaction, and a transaction with more
-    /// than 64 of them overflows PostgreSQL's per-backend cache of
-    /// subtransaction ids, which slows every other session's snapshots.
+    /// below: in savepoint mode (a batch with a failing item) each item is
+    /// a subtransaction, and a transaction with more than 64 of them
+    /// overflows PostgreSQL's per-backend cache of subtransaction ids,
+    /// which slows every other session's snapshots.
     pub max_batch: usize,
 }
 
@@ -129,6 +143,8 @@ struct Shared {
     failed_batches: AtomicU64,
     /// Batches taken from the queues so far.
     taken: AtomicU64,
+    /// Batches that left the fast path for savepoint mode.
+    fallbacks: AtomicU64,
     /// Test hook: commits of batches taken from `fail_from` on fail, this
     /// many times.
     fail_from: AtomicU64,
@@ -260,6 +276,12 @@ impl GroupCommitter {
             retries: s.retries.load(Ordering::Relaxed),
             failed_batches: s.failed_batches.load(Ordering::Relaxed),
         }
+    }
+
+    /// Batches that left the fast path (an item refused or the transaction
+    /// was found aborted) and ran again with a savepoint per item.
+    pub fn savepoint_fallbacks(&self) -> u64 {
+        self.shared.fallbacks.load(Ordering::Relaxed)
     }
 
     /// Stops taking work, lets the writers finish what is queued, and
@@ -429,8 +451,9 @@ async fn commit_with_retries(
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
+    let mut mode = Mode::Fast;
     loop {
-        match run_batch(db, batch, shared, seq).await {
+        match run_batch(db, batch, shared, seq, &mut mode).await {
             Ok(()) => {
                 shared.batches.fetch_add(1, Ordering::Relaxed);
                 shared
@@ -467,14 +490,71 @@ async fn commit_with_retries(
     }
 }
 
-/// One attempt: every item in its savepoint, one commit. `Err` when the
+/// How a batch runs its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No savepoints; any failure sends the batch to `Savepoints`.
+    Fast,
+    /// One savepoint per item (failures isolated).
+    Savepoints,
+}
+
+/// One attempt: the fast path first (unless the batch already left it),
+/// then savepoint mode if the fast path could not commit. `Err` when the
 /// transaction as a whole failed (nothing of it committed).
+async fn run_batch(
+    db: &Db,
+    batch: &mut [Box<dyn Pending>],
+    shared: &Shared,
+    seq: u64,
+    mode: &mut Mode,
+) -> Result<(), String> {
+    if *mode == Mode::Fast {
+        if let Some(tx) = run_fast(db, batch).await? {
+            return commit(tx, shared, seq).await;
+        }
+        *mode = Mode::Savepoints;
+        shared.fallbacks.fetch_add(1, Ordering::Relaxed);
+        metrics().fallbacks.add(1, &[]);
+    }
+    run_with_savepoints(db, batch, shared, seq).await
+}
+
+/// Runs every item with no savepoint. `Some(tx)` ready to commit when all
+/// answered Ok and the transaction is usable; `None` (rolled back) when an
+/// item refused or the transaction was aborted behind an Ok.
+async fn run_fast(db: &Db, batch: &mut [Box<dyn Pending>]) -> Result<Option<Tx>, String> {
+    let mut tx = db.begin().await.map_err(|e| e.to_string())?;
+    for job in batch.iter_mut() {
+        match job.attempt(&mut tx).await {
+            Attempt::Done => {}
+            // the failure may be the item's own or caused by an earlier
+            // item (an aborted transaction): savepoint mode tells them apart
+            Attempt::Refused => {
+                tx.rollback().await.map_err(|e| e.to_string())?;
+                return Ok(None);
+            }
+            Attempt::Transient(why) => return Err(why),
+        }
+    }
+    // PostgreSQL answers COMMIT of an aborted transaction with a rollback,
+    // not an error: some work ignored a database error. Any statement
+    // fails in that state. (SQLite has no such state: a failed statement
+    // is undone alone, and a transaction it ended makes COMMIT fail.)
+    if db.engine() == Engine::Postgres && raw(&mut tx, "SELECT 1".to_owned()).await.is_err() {
+        tx.rollback().await.map_err(|e| e.to_string())?;
+        return Ok(None);
+    }
+    Ok(Some(tx))
+}
+
+/// Every item in its savepoint, one commit.
 ///
 /// Savepoint commands go as plain SQL text (no prepared statement per
 /// savepoint name) and the end of one item's savepoint shares its round
 /// trip with the start of the next one's, so an item costs one round trip
 /// more than its own statements.
-async fn run_batch(
+async fn run_with_savepoints(
     db: &Db,
     batch: &mut [Box<dyn Pending>],
     shared: &Shared,
@@ -541,6 +621,7 @@ struct Instruments {
     batch_size: Histogram<u64>,
     retries: Counter<u64>,
     failed: Counter<u64>,
+    fallbacks: Counter<u64>,
 }
 
 fn metrics() -> &'static Instruments {
@@ -561,6 +642,12 @@ fn metrics() -> &'static Instruments {
                 .u64_counter("group_commit.failed")
                 .with_description(
                     "batches given up after the last attempt (callers got UNAVAILABLE)",
+                )
+                .build(),
+            fallbacks: meter
+                .u64_counter("group_commit.savepoint_fallbacks")
+                .with_description(
+                    "batches run again with a savepoint per item after the fast path failed",
                 )
                 .build(),
         }
