@@ -9,7 +9,11 @@
 //!   outbox row), as scripts/pgbench/earn.sql does them.
 //! - direct: each write in its own transaction (`db.begin()` … commit), on
 //!   the service's default pool (16 connections);
-//! - group commit: each write through `GroupCommitter::run`.
+//! - group commit: each write through `GroupCommitter::run` (fast path
+//!   first, savepoint per item only for batches with a failing item);
+//! - savepoints only (earn): the committer forced to run every batch with
+//!   a savepoint per item, as before the fast path, for a same-run
+//!   comparison.
 
 use std::time::Duration;
 
@@ -161,7 +165,7 @@ async fn direct(db: &Db, kind: Write) -> Report {
     .await
 }
 
-async fn grouped(db: &Db, kind: Write, writers: usize) -> (Report, f64) {
+async fn grouped(db: &Db, kind: Write, writers: usize, savepoints_only: bool) -> (Report, f64) {
     let gc = std::sync::Arc::new(GroupCommitter::new(
         db.clone(),
         GroupCommitSettings {
@@ -169,6 +173,9 @@ async fn grouped(db: &Db, kind: Write, writers: usize) -> (Report, f64) {
             max_batch: 64,
         },
     ));
+    if savepoints_only {
+        gc.always_use_savepoints();
+    }
     let run = format!("g{}", now_micros());
     let g = gc.clone();
     let report = load::run(&cfg(), move |i| {
@@ -201,7 +208,7 @@ async fn engine_rows(engine: TestEngine, label: &str) {
             &[1]
         };
         for &w in writer_counts {
-            let (r, avg) = grouped(&db, kind, w).await;
+            let (r, avg) = grouped(&db, kind, w, false).await;
             println!(
                 "{}",
                 r.markdown_row(&format!(
@@ -209,6 +216,20 @@ async fn engine_rows(engine: TestEngine, label: &str) {
                     kind.name()
                 ))
             );
+        }
+        // the savepoint-per-item mode alone (the code before the fast
+        // path), same run, for the earn write
+        if kind == Write::Earn {
+            for &w in writer_counts {
+                let (r, avg) = grouped(&db, kind, w, true).await;
+                println!(
+                    "{}",
+                    r.markdown_row(&format!(
+                        "{label} {} savepoints only, {w} writer(s), avg batch {avg:.1}",
+                        kind.name()
+                    ))
+                );
+            }
         }
     }
 }

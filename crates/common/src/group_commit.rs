@@ -64,7 +64,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -145,6 +145,8 @@ struct Shared {
     taken: AtomicU64,
     /// Batches that left the fast path for savepoint mode.
     fallbacks: AtomicU64,
+    /// Test and benchmark hook: skip the fast path.
+    savepoints_only: AtomicBool,
     /// Test hook: commits of batches taken from `fail_from` on fail, this
     /// many times.
     fail_from: AtomicU64,
@@ -308,6 +310,16 @@ impl GroupCommitter {
     }
 }
 
+impl GroupCommitter {
+    /// Test and benchmark hook: every batch taken from now on runs in
+    /// savepoint mode directly (the behaviour before the fast path), so
+    /// both can be measured side by side.
+    #[cfg(feature = "testing")]
+    pub fn always_use_savepoints(&self) {
+        self.shared.savepoints_only.store(true, Ordering::SeqCst);
+    }
+}
+
 /// The writer owning `key`: stable for the life of the process.
 fn writer_of(key: &str, writers: usize) -> usize {
     if writers == 1 {
@@ -451,7 +463,11 @@ async fn commit_with_retries(
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
-    let mut mode = Mode::Fast;
+    let mut mode = if shared.savepoints_only.load(Ordering::SeqCst) {
+        Mode::Savepoints
+    } else {
+        Mode::Fast
+    };
     loop {
         match run_batch(db, batch, shared, seq, &mut mode).await {
             Ok(()) => {
