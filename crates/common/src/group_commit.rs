@@ -4,11 +4,24 @@
 //!
 //! Each caller hands [`GroupCommitter::run`] a unit of work and a key (the
 //! member id, say). A writer task takes everything queued for it (up to
-//! `max_batch`) as one batch, begins ONE transaction, runs every item inside
-//! its own `SAVEPOINT`, and commits once. An item that fails is rolled back
-//! to its savepoint and gets its own error; the others are unaffected. Every
-//! caller gets its answer only after the commit succeeded: an `Ok` means
-//! durable, exactly as with a transaction of its own.
+//! `max_batch`) as one batch, begins ONE transaction, runs the items and
+//! commits once. Every caller gets its answer only after the commit
+//! succeeded: an `Ok` means durable, exactly as with a transaction of its
+//! own.
+//!
+//! - **Fast path.** A batch first runs its items one after the other with
+//!   no savepoint (no extra round trip, no subtransaction per item). If
+//!   every item answers Ok and the transaction is still usable (on
+//!   PostgreSQL one `SELECT 1` before COMMIT: it fails in a transaction
+//!   aborted by an error some work swallowed, whose COMMIT would otherwise
+//!   silently roll back), the batch commits.
+//! - **Savepoint mode.** Otherwise (an item refused, or the transaction was
+//!   found aborted) the batch is rolled back and run again from its first
+//!   item with each item inside its own `SAVEPOINT`: an item that fails is
+//!   rolled back to its savepoint and gets its own error; the others are
+//!   unaffected. A batch that fell back stays in savepoint mode for its
+//!   retries. Items before and at the first failure therefore run twice
+//!   (the first run rolled back), which work allows anyway (see Retries).
 //!
 //! - **Retries.** If the batch as a whole fails (begin or commit error, a
 //!   deadlock or serialization failure reported by the database, a lost
@@ -33,6 +46,9 @@
 //!   what is queued, then stop ([`GroupCommitter::shutdown`] also waits for
 //!   that).
 //!
+//! [`GroupCommitter::run_idempotent`] adds an idempotency key claimed in
+//! the item, the way most platform writes need it.
+//!
 //! Work runs in the batch's transaction and must not call `db.begin()`
 //! itself (on SQLite that waits for the writer it is running on), nor
 //! change the transaction (no COMMIT, no isolation level).
@@ -48,17 +64,18 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
 use opentelemetry::metrics::{Counter, Histogram};
+use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::ServiceError;
 use crate::db::{Db, Engine, Tx};
-use crate::idempotency::WorkFuture;
+use crate::idempotency::{self, Claim, WorkFuture};
 
 /// Attempts of one batch before its callers get `Unavailable`.
 pub const MAX_ATTEMPTS: u32 = 4;
@@ -71,7 +88,11 @@ pub struct GroupCommitSettings {
     /// Writer tasks, each committing its own batches on its own connection
     /// (forced to 1 on SQLite).
     pub writers: usize,
-    /// Most items in one transaction.
+    /// Most items in one transaction. On PostgreSQL keep it at 64 or
+    /// below: in savepoint mode (a batch with a failing item) each item is
+    /// a subtransaction, and a transaction with more than 64 of them
+    /// overflows PostgreSQL's per-backend cache of subtransaction ids,
+    /// which slows every other session's snapshots.
     pub max_batch: usize,
 }
 
@@ -79,7 +100,7 @@ impl Default for GroupCommitSettings {
     fn default() -> Self {
         Self {
             writers: 2,
-            max_batch: 128,
+            max_batch: 64,
         }
     }
 }
@@ -122,6 +143,10 @@ struct Shared {
     failed_batches: AtomicU64,
     /// Batches taken from the queues so far.
     taken: AtomicU64,
+    /// Batches that left the fast path for savepoint mode.
+    fallbacks: AtomicU64,
+    /// Test and benchmark hook: skip the fast path.
+    savepoints_only: AtomicBool,
     /// Test hook: commits of batches taken from `fail_from` on fail, this
     /// many times.
     fail_from: AtomicU64,
@@ -184,6 +209,54 @@ impl GroupCommitter {
         })
     }
 
+    /// [`run`](Self::run) with an idempotency key, as
+    /// [`idempotency::run_idempotent`] does in a transaction of its own:
+    /// validates `idem_key` (field `idempotency_key`), claims it in the
+    /// batch's transaction, runs `work` and stores its encoded answer with
+    /// the claim. A replay answers the stored response without running
+    /// `work`; other parameters give `IdempotencyKeyReused`. Duplicates in
+    /// the same batch see the first one's claim and answer (same
+    /// transaction), so the work runs once.
+    ///
+    /// [`idempotency::run_idempotent`]: crate::idempotency::run_idempotent
+    pub async fn run_idempotent<Req, Resp, F>(
+        &self,
+        key: &str,
+        scope: &str,
+        idem_key: &str,
+        request: &Req,
+        work: F,
+    ) -> Result<Resp, ServiceError>
+    where
+        Req: Message,
+        Resp: Message + Default + Send + 'static,
+        F: for<'t> Fn(&'t mut Tx) -> WorkFuture<'t, Resp> + Send + Sync + 'static,
+    {
+        idempotency::validate_key(idempotency::KEY_FIELD, idem_key)?;
+        let print = idempotency::fingerprint(request);
+        let (scope, idem_key) = (scope.to_owned(), idem_key.to_owned());
+        let work = Arc::new(work);
+        self.run(key, move |tx: &mut Tx| {
+            let (scope, idem_key, print, work) =
+                (scope.clone(), idem_key.clone(), print.clone(), work.clone());
+            Box::pin(async move {
+                match idempotency::claim(tx, &scope, &idem_key, &print).await? {
+                    Claim::New => {}
+                    Claim::Replay(bytes) => {
+                        return Resp::decode(bytes.as_slice()).map_err(ServiceError::internal);
+                    }
+                    Claim::Mismatch => {
+                        return Err(ServiceError::IdempotencyKeyReused { key: idem_key });
+                    }
+                }
+                let response = work(tx).await?;
+                idempotency::complete(tx, &scope, &idem_key, &response.encode_to_vec()).await?;
+                Ok(response)
+            })
+        })
+        .await
+    }
+
     /// Items waiting in the queues (not yet taken into a batch).
     pub fn queued(&self) -> usize {
         self.queues
@@ -207,6 +280,12 @@ impl GroupCommitter {
         }
     }
 
+    /// Batches that left the fast path (an item refused or the transaction
+    /// was found aborted) and ran again with a savepoint per item.
+    pub fn savepoint_fallbacks(&self) -> u64 {
+        self.shared.fallbacks.load(Ordering::Relaxed)
+    }
+
     /// Stops taking work, lets the writers finish what is queued, and
     /// waits for them.
     pub async fn shutdown(mut self) {
@@ -228,6 +307,16 @@ impl GroupCommitter {
         s.fail_from
             .store(s.taken.load(Ordering::SeqCst), Ordering::SeqCst);
         s.fail_commits.store(n, Ordering::SeqCst);
+    }
+}
+
+impl GroupCommitter {
+    /// Test and benchmark hook: every batch taken from now on runs in
+    /// savepoint mode directly (the behaviour before the fast path), so
+    /// both can be measured side by side.
+    #[cfg(feature = "testing")]
+    pub fn always_use_savepoints(&self) {
+        self.shared.savepoints_only.store(true, Ordering::SeqCst);
     }
 }
 
@@ -258,6 +347,8 @@ trait Pending: Send {
         &'t mut self,
         tx: &'t mut Tx,
     ) -> Pin<Box<dyn Future<Output = Attempt> + Send + 't>>;
+    /// Replaces the kept answer by `err` (its writes were undone).
+    fn refuse(&mut self, err: ServiceError);
     /// Sends the kept answer (after the commit).
     fn answer(self: Box<Self>);
     /// Sends `err` instead (the batch could not be committed).
@@ -299,6 +390,10 @@ where
                 }
             }
         })
+    }
+
+    fn refuse(&mut self, err: ServiceError) {
+        self.outcome = Some(Err(err));
     }
 
     fn answer(self: Box<Self>) {
@@ -368,8 +463,13 @@ async fn commit_with_retries(
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
+    let mut mode = if shared.savepoints_only.load(Ordering::SeqCst) {
+        Mode::Savepoints
+    } else {
+        Mode::Fast
+    };
     loop {
-        match run_batch(db, batch, shared, seq).await {
+        match run_batch(db, batch, shared, seq, &mut mode).await {
             Ok(()) => {
                 shared.batches.fetch_add(1, Ordering::Relaxed);
                 shared
@@ -406,36 +506,107 @@ async fn commit_with_retries(
     }
 }
 
-/// One attempt: every item in its savepoint, one commit. `Err` when the
+/// How a batch runs its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No savepoints; any failure sends the batch to `Savepoints`.
+    Fast,
+    /// One savepoint per item (failures isolated).
+    Savepoints,
+}
+
+/// One attempt: the fast path first (unless the batch already left it),
+/// then savepoint mode if the fast path could not commit. `Err` when the
 /// transaction as a whole failed (nothing of it committed).
 async fn run_batch(
     db: &Db,
     batch: &mut [Box<dyn Pending>],
     shared: &Shared,
     seq: u64,
+    mode: &mut Mode,
 ) -> Result<(), String> {
-    let mut tx = db.begin().await.map_err(|e| e.to_string())?;
-    // a lone item needs no savepoint: if it refuses, the transaction goes
-    if let [only] = batch {
-        return match only.attempt(&mut tx).await {
-            Attempt::Done => commit(tx, shared, seq).await,
-            Attempt::Refused => {
-                // nothing to keep; a failed rollback is a closed connection,
-                // which rolls back too
-                let _ = tx.rollback().await;
-                Ok(())
-            }
-            Attempt::Transient(why) => Err(why),
-        };
+    if *mode == Mode::Fast {
+        if let Some(tx) = run_fast(db, batch).await? {
+            return commit(tx, shared, seq).await;
+        }
+        *mode = Mode::Savepoints;
+        shared.fallbacks.fetch_add(1, Ordering::Relaxed);
+        metrics().fallbacks.add(1, &[]);
     }
-    for (i, job) in batch.iter_mut().enumerate() {
-        exec(&mut tx, &format!("SAVEPOINT gc_{i}")).await?;
+    run_with_savepoints(db, batch, shared, seq).await
+}
+
+/// Runs every item with no savepoint. `Some(tx)` ready to commit when all
+/// answered Ok and the transaction is usable; `None` (rolled back) when an
+/// item refused or the transaction was aborted behind an Ok.
+async fn run_fast(db: &Db, batch: &mut [Box<dyn Pending>]) -> Result<Option<Tx>, String> {
+    let mut tx = db.begin().await.map_err(|e| e.to_string())?;
+    for job in batch.iter_mut() {
         match job.attempt(&mut tx).await {
             Attempt::Done => {}
-            Attempt::Refused => exec(&mut tx, &format!("ROLLBACK TO SAVEPOINT gc_{i}")).await?,
+            // the failure may be the item's own or caused by an earlier
+            // item (an aborted transaction): savepoint mode tells them apart
+            Attempt::Refused => {
+                tx.rollback().await.map_err(|e| e.to_string())?;
+                return Ok(None);
+            }
             Attempt::Transient(why) => return Err(why),
         }
-        exec(&mut tx, &format!("RELEASE SAVEPOINT gc_{i}")).await?;
+    }
+    // PostgreSQL answers COMMIT of an aborted transaction with a rollback,
+    // not an error: some work ignored a database error. Any statement
+    // fails in that state. (SQLite has no such state: a failed statement
+    // is undone alone, and a transaction it ended makes COMMIT fail.)
+    if db.engine() == Engine::Postgres && raw(&mut tx, "SELECT 1".to_owned()).await.is_err() {
+        tx.rollback().await.map_err(|e| e.to_string())?;
+        return Ok(None);
+    }
+    Ok(Some(tx))
+}
+
+/// Every item in its savepoint, one commit.
+///
+/// Savepoint commands go as plain SQL text (no prepared statement per
+/// savepoint name) and the end of one item's savepoint shares its round
+/// trip with the start of the next one's, so an item costs one round trip
+/// more than its own statements.
+async fn run_with_savepoints(
+    db: &Db,
+    batch: &mut [Box<dyn Pending>],
+    shared: &Shared,
+    seq: u64,
+) -> Result<(), String> {
+    let mut tx = db.begin().await.map_err(|e| e.to_string())?;
+    // A lone item gets its savepoint too: on PostgreSQL that is how work
+    // that swallowed a database error is caught (RELEASE fails) instead of
+    // COMMIT silently rolling back an aborted transaction.
+    raw(&mut tx, "SAVEPOINT gc_0".to_owned()).await?;
+    let last = batch.len() - 1;
+    for (i, job) in batch.iter_mut().enumerate() {
+        let next = if i == last {
+            String::new()
+        } else {
+            format!("; SAVEPOINT gc_{}", i + 1)
+        };
+        let undo = format!("ROLLBACK TO SAVEPOINT gc_{i}; RELEASE SAVEPOINT gc_{i}{next}");
+        match job.attempt(&mut tx).await {
+            Attempt::Done => {
+                if raw(&mut tx, format!("RELEASE SAVEPOINT gc_{i}{next}"))
+                    .await
+                    .is_err()
+                {
+                    // The work answered Ok but left the transaction unusable
+                    // (on PostgreSQL: it swallowed a database error). Undo it
+                    // alone; if even that fails, the batch is retried.
+                    job.refuse(ServiceError::internal(
+                        "group commit work left its transaction aborted (a database error was ignored)",
+                    ));
+                    raw(&mut tx, undo).await?;
+                }
+            }
+            Attempt::Refused => raw(&mut tx, undo).await?,
+            Attempt::Transient(why) => return Err(why),
+        }
     }
     commit(tx, shared, seq).await
 }
@@ -453,8 +624,9 @@ async fn commit(tx: Tx, shared: &Shared, seq: u64) -> Result<(), String> {
     tx.commit().await.map_err(|e| e.to_string())
 }
 
-async fn exec(tx: &mut Tx, sql: &str) -> Result<(), String> {
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+/// Runs savepoint commands (one or several, `;`-separated) as plain text.
+async fn raw(tx: &mut Tx, sql: String) -> Result<(), String> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
         .execute(&mut **tx)
         .await
         .map(drop)
@@ -465,6 +637,7 @@ struct Instruments {
     batch_size: Histogram<u64>,
     retries: Counter<u64>,
     failed: Counter<u64>,
+    fallbacks: Counter<u64>,
 }
 
 fn metrics() -> &'static Instruments {
@@ -485,6 +658,12 @@ fn metrics() -> &'static Instruments {
                 .u64_counter("group_commit.failed")
                 .with_description(
                     "batches given up after the last attempt (callers got UNAVAILABLE)",
+                )
+                .build(),
+            fallbacks: meter
+                .u64_counter("group_commit.savepoint_fallbacks")
+                .with_description(
+                    "batches run again with a savepoint per item after the fast path failed",
                 )
                 .build(),
         }

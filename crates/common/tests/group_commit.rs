@@ -1,6 +1,7 @@
-//! Group commit on both engines: answers only after the commit, one failing
-//! item rolls back alone, many concurrent items share few transactions, and
-//! a retried batch applies each item exactly once.
+//! Group commit on both engines: answers only after the commit, a clean
+//! batch runs each item once with no savepoint (fast path), one failing item
+//! rolls back alone (savepoint mode), many concurrent items share few
+//! transactions, and a retried batch applies each item exactly once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -132,11 +133,27 @@ async fn one_batch(
     items: Vec<(String, i64, bool)>,
     before_release: impl FnOnce(&GroupCommitter),
 ) -> (Vec<Result<String, ServiceError>>, u64, Vec<Arc<AtomicU32>>) {
+    let (answers, batches, runs, _) = one_batch_with(db, items, before_release).await;
+    (answers, batches, runs)
+}
+
+/// [`one_batch`], also returning how many batches left the fast path.
+async fn one_batch_with(
+    db: &Arc<TestDb>,
+    items: Vec<(String, i64, bool)>,
+    before_release: impl FnOnce(&GroupCommitter),
+) -> (
+    Vec<Result<String, ServiceError>>,
+    u64,
+    Vec<Arc<AtomicU32>>,
+    u64,
+) {
     let gc = Arc::new(GroupCommitter::new(db.db.clone(), one_writer()));
     let (release, blocker) = hold_writer(&gc).await;
     let n = items.len();
     let mut calls = Vec::new();
     let mut counters = Vec::new();
+    let gc2 = gc.clone();
     for (id, points, refuse) in items {
         let runs = Arc::new(AtomicU32::new(0));
         counters.push(runs.clone());
@@ -144,8 +161,10 @@ async fn one_batch(
         calls.push(tokio::spawn(async move {
             earn(&gc, id, points, refuse, runs).await
         }));
+        // one at a time into the queue, so the batch keeps this order
+        wait_queued(&gc2, calls.len()).await;
     }
-    wait_queued(&gc, n).await;
+    wait_queued(&gc2, n).await;
     before_release(&gc);
     release.notify_one();
     blocker.await.unwrap();
@@ -153,7 +172,12 @@ async fn one_batch(
     for c in calls {
         answers.push(c.await.unwrap());
     }
-    (answers, gc.stats().batches, counters)
+    (
+        answers,
+        gc.stats().batches,
+        counters,
+        gc.savepoint_fallbacks(),
+    )
 }
 
 async fn answers_come_after_the_commit(engine: TestEngine) {
@@ -211,8 +235,15 @@ async fn a_failing_item_rolls_back_only_itself(engine: TestEngine) {
     let items = (0..10)
         .map(|i| (format!("e{i}"), 1 << i, i % 3 == 1))
         .collect();
-    let (answers, batches, _) = one_batch(&db, items, |_| {}).await;
+    let (answers, batches, runs, fallbacks) = one_batch_with(&db, items, |_| {}).await;
     assert_eq!(batches, 2, "the blocker, then the ten items together");
+    assert_eq!(fallbacks, 1, "the fast path gave way to savepoints once");
+    for (i, r) in runs.iter().enumerate() {
+        // the fast path ran e0 and e1 (the first refusal) before rolling
+        // back; savepoint mode then ran every item once
+        let expected = if i <= 1 { 2 } else { 1 };
+        assert_eq!(r.load(Ordering::SeqCst), expected, "runs of item {i}");
+    }
     for (i, a) in answers.iter().enumerate() {
         if i % 3 == 1 {
             let Err(ServiceError::FailedPrecondition { message, .. }) = a else {
@@ -243,18 +274,17 @@ async fn a_unique_violation_does_not_poison_the_batch(engine: TestEngine) {
     ];
     let (answers, batches, _) = one_batch(&db, items, |_| {}).await;
     assert_eq!(batches, 2);
-    // the two callers race to the queue: either duplicate may come first
+    // the first duplicate in the queue wins
     let dup =
         |a: &Result<String, ServiceError>| matches!(a, Err(ServiceError::AlreadyExists { .. }));
-    assert!(dup(&answers[1]) != dup(&answers[3]), "{answers:?}");
+    assert!(!dup(&answers[1]) && dup(&answers[3]), "{answers:?}");
     for i in [0, 2, 4] {
         assert!(answers[i].is_ok(), "{:?}", answers[i]);
     }
     assert_eq!(entries(&db).await, ["a", "b", "c", "dup"]);
-    let winner = if dup(&answers[3]) { 10 } else { 1000 };
     assert_eq!(
         balance(&db).await,
-        10_101 + winner,
+        10_111,
         "the losing duplicate's update rolled back with it"
     );
 }
@@ -293,22 +323,40 @@ async fn concurrent_items_share_few_transactions(engine: TestEngine) {
     assert_eq!(balance(&db).await, 200);
 }
 
+async fn a_clean_batch_runs_each_item_once_without_savepoints(engine: TestEngine) {
+    let db = setup(engine).await;
+    let items = (0..10).map(|i| (format!("e{i}"), 1 << i, false)).collect();
+    let (answers, batches, runs, fallbacks) = one_batch_with(&db, items, |_| {}).await;
+    assert_eq!(batches, 2, "the blocker, then the ten items together");
+    assert_eq!(fallbacks, 0, "no item failed: no savepoint mode");
+    for (i, (a, r)) in answers.iter().zip(&runs).enumerate() {
+        assert_eq!(a.as_ref().unwrap(), &format!("e{i}"));
+        assert_eq!(r.load(Ordering::SeqCst), 1, "item {i} ran once");
+    }
+    assert_eq!(entries(&db).await.len(), 10);
+    assert_eq!(balance(&db).await, (1 << 10) - 1);
+}
+
 async fn a_retried_batch_applies_each_item_once(engine: TestEngine) {
     let db = setup(engine).await;
     let items = (0..8).map(|i| (format!("e{i}"), 1, i == 5)).collect();
-    let (answers, batches, runs) = one_batch(&db, items, |gc| {
+    let (answers, batches, runs, fallbacks) = one_batch_with(&db, items, |gc| {
         gc.fail_next_commits(1);
     })
     .await;
     assert_eq!(batches, 2);
+    assert_eq!(fallbacks, 1, "the retry stayed in savepoint mode");
     for (i, a) in answers.iter().enumerate() {
         assert_eq!(a.is_ok(), i != 5, "item {i}: {a:?}");
     }
-    for r in &runs {
+    for (i, r) in runs.iter().enumerate() {
+        // fast path up to the refusal (e0..e5), savepoint mode (all), then
+        // the retry after the failed commit (all)
+        let expected = if i <= 5 { 3 } else { 2 };
         assert_eq!(
             r.load(Ordering::SeqCst),
-            2,
-            "every item ran again in the retry"
+            expected,
+            "item {i} ran again in the retry"
         );
     }
     assert_eq!(entries(&db).await.len(), 7, "each applied once");
@@ -432,6 +480,227 @@ async fn shutdown_waits_for_queued_work(engine: TestEngine) {
     assert_eq!(entries(&db).await.len(), 20);
 }
 
+/// Work that ignores a database error and answers Ok: on PostgreSQL the
+/// error aborted the transaction, so the item is undone alone and its
+/// caller gets INTERNAL instead of a false Ok; SQLite keeps going after a
+/// failed statement, so there the item's other write commits.
+async fn work_that_ignores_a_database_error_is_isolated(engine: TestEngine) {
+    // e1 in the middle: on PostgreSQL e2's statements then fail in the
+    // fast path, which must not become e2's answer
+    ignoring_an_error_in_a_batch_of(engine, 3).await;
+}
+
+/// The same with the ignoring item last: nothing after it fails, only the
+/// check before COMMIT can see the aborted transaction.
+async fn work_that_ignores_a_database_error_last_in_its_batch_is_isolated(engine: TestEngine) {
+    ignoring_an_error_in_a_batch_of(engine, 2).await;
+}
+
+/// Items e0..e{n-1} in one batch; e1 ignores a failed duplicate insert.
+async fn ignoring_an_error_in_a_batch_of(engine: TestEngine, n: usize) {
+    let db = setup(engine).await;
+    let gc = Arc::new(GroupCommitter::new(db.db.clone(), one_writer()));
+    let (release, blocker) = hold_writer(&gc).await;
+    let mut calls = Vec::new();
+    for i in 0..n {
+        let gc2 = gc.clone();
+        calls.push(tokio::spawn(async move {
+            let gc = gc2;
+            let id = format!("e{i}");
+            gc.run(&id.clone(), move |tx: &mut Tx| {
+                let id = id.clone();
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO entries (id, member, points) VALUES ($1, 'm', 1)")
+                        .bind(&id)
+                        .execute(&mut **tx)
+                        .await?;
+                    if id == "e1" {
+                        // a duplicate of the row just written: ignored
+                        let dup = sqlx::query(
+                            "INSERT INTO entries (id, member, points) VALUES ($1, 'm', 1)",
+                        )
+                        .bind(&id)
+                        .execute(&mut **tx)
+                        .await;
+                        assert!(dup.is_err());
+                    }
+                    Ok(id)
+                })
+            })
+            .await
+        }));
+        // one at a time into the queue, so the batch keeps this order
+        wait_queued(&gc, calls.len()).await;
+    }
+    release.notify_one();
+    blocker.await.unwrap();
+    let mut answers = Vec::new();
+    for c in calls {
+        answers.push(c.await.unwrap());
+    }
+    let others: Vec<String> = (0..n)
+        .filter(|&i| i != 1)
+        .map(|i| format!("e{i}"))
+        .collect();
+    for i in (0..n).filter(|&i| i != 1) {
+        assert_eq!(answers[i].as_deref().unwrap(), format!("e{i}"));
+    }
+    if engine == TestEngine::Postgres {
+        assert!(
+            matches!(answers[1], Err(ServiceError::Internal(_))),
+            "{:?}",
+            answers[1]
+        );
+        assert_eq!(entries(&db).await, others, "the others committed once");
+        assert_eq!(gc.savepoint_fallbacks(), 1);
+    } else {
+        assert_eq!(answers[1].as_deref().unwrap(), "e1");
+        let all: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
+        assert_eq!(entries(&db).await, all);
+        assert_eq!(gc.savepoint_fallbacks(), 0, "nothing failed on SQLite");
+    }
+    assert_eq!(gc.stats().retries, 0, "the others were not retried");
+}
+
+/// A lone item that ignores a database error is caught the same way
+/// (PostgreSQL would otherwise turn COMMIT into a silent rollback).
+async fn a_lone_item_ignoring_an_error_gets_no_false_ok(engine: TestEngine) {
+    let db = setup(engine).await;
+    let gc = GroupCommitter::new(db.db.clone(), one_writer());
+    let answer = gc
+        .run("m", |tx: &mut Tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO entries (id, member, points) VALUES ('x', 'm', 1)")
+                    .execute(&mut **tx)
+                    .await?;
+                let _ =
+                    sqlx::query("INSERT INTO entries (id, member, points) VALUES ('x', 'm', 1)")
+                        .execute(&mut **tx)
+                        .await;
+                Ok(())
+            })
+        })
+        .await;
+    let committed = entries(&db).await == ["x"];
+    assert_eq!(
+        answer.is_ok(),
+        committed,
+        "Ok if and only if committed: {answer:?}"
+    );
+    assert_eq!(committed, engine == TestEngine::Sqlite);
+}
+
+async fn a_panicking_item_gets_internal_and_the_writer_lives(engine: TestEngine) {
+    let db = setup(engine).await;
+    let gc = GroupCommitter::new(db.db.clone(), one_writer());
+    let answer = gc
+        .run(
+            "m",
+            |_tx: &mut Tx| -> loyalty_common::idempotency::WorkFuture<'_, ()> {
+                Box::pin(async { panic!("bug in the work") })
+            },
+        )
+        .await;
+    assert!(
+        matches!(answer, Err(ServiceError::Internal(_))),
+        "{answer:?}"
+    );
+    // the writer survived and keeps committing
+    earn(&gc, "after".into(), 1, false, Arc::default())
+        .await
+        .unwrap();
+    assert_eq!(entries(&db).await, ["after"]);
+}
+
+/// The earn of the idempotency tests, through the committer: records a row
+/// and answers with a fresh value, so a replay is told apart from a second
+/// execution.
+async fn earn_once(
+    gc: &GroupCommitter,
+    idem_key: &str,
+    amount: i64,
+) -> Result<prost_types::Duration, ServiceError> {
+    let request = prost_types::Duration {
+        seconds: amount,
+        nanos: 0,
+    };
+    let id = idem_key.to_owned();
+    gc.run_idempotent(
+        "m",
+        "test.Earn/p1",
+        idem_key,
+        &request,
+        move |tx: &mut Tx| {
+            let id = id.clone();
+            Box::pin(async move {
+                sqlx::query("INSERT INTO entries (id, member, points) VALUES ($1, 'm', $2)")
+                    .bind(format!("{id}-{}", rand::random::<u32>()))
+                    .bind(amount)
+                    .execute(&mut **tx)
+                    .await?;
+                if amount < 0 {
+                    return Err(ServiceError::invalid("amount", "must not be negative"));
+                }
+                Ok(prost_types::Duration {
+                    seconds: amount,
+                    nanos: rand::random_range(1..1_000_000_000),
+                })
+            })
+        },
+    )
+    .await
+}
+
+async fn idempotent_duplicates_in_one_batch_run_once(engine: TestEngine) {
+    let db = setup(engine).await;
+    let gc = Arc::new(GroupCommitter::new(db.db.clone(), one_writer()));
+    let (release, blocker) = hold_writer(&gc).await;
+    let mut calls = Vec::new();
+    // a refused first try, ten duplicates, and the key with other parameters
+    for amount in std::iter::once(-1).chain([5; 10]).chain([6]) {
+        let gc2 = gc.clone();
+        calls.push(tokio::spawn(
+            async move { earn_once(&gc2, "k1", amount).await },
+        ));
+        // one at a time into the queue, so the batch keeps this order
+        wait_queued(&gc, calls.len()).await;
+    }
+    release.notify_one();
+    blocker.await.unwrap();
+    let mut answers = Vec::new();
+    for c in calls {
+        answers.push(c.await.unwrap());
+    }
+    assert_eq!(gc.stats().batches, 2, "all in one batch");
+    assert!(matches!(answers[0], Err(ServiceError::InvalidArgument(_))));
+    let first = answers[1].as_ref().unwrap();
+    for a in &answers[1..11] {
+        assert_eq!(
+            a.as_ref().unwrap(),
+            first,
+            "every duplicate got the one answer"
+        );
+    }
+    assert!(
+        matches!(answers[11], Err(ServiceError::IdempotencyKeyReused { .. })),
+        "{:?}",
+        answers[11]
+    );
+    assert_eq!(
+        entries(&db).await.len(),
+        1,
+        "the work ran once (the refused try rolled back)"
+    );
+    // a replay after the commit answers the stored response
+    assert_eq!(&earn_once(&gc, "k1", 5).await.unwrap(), first);
+    assert_eq!(entries(&db).await.len(), 1);
+    let err = earn_once(&gc, "has space", 5).await.unwrap_err();
+    let ServiceError::InvalidArgument(v) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(v[0].field, "idempotency_key");
+}
+
 loyalty_common::test_on_both_engines!(
     answers_come_after_the_commit,
     a_failing_item_rolls_back_only_itself,
@@ -442,4 +711,10 @@ loyalty_common::test_on_both_engines!(
     a_serialization_failure_retries_the_batch,
     dropping_the_committer_drains_the_queue,
     shutdown_waits_for_queued_work,
+    work_that_ignores_a_database_error_is_isolated,
+    work_that_ignores_a_database_error_last_in_its_batch_is_isolated,
+    a_clean_batch_runs_each_item_once_without_savepoints,
+    a_lone_item_ignoring_an_error_gets_no_false_ok,
+    a_panicking_item_gets_internal_and_the_writer_lives,
+    idempotent_duplicates_in_one_batch_run_once,
 );
