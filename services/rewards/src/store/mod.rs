@@ -1,0 +1,3 @@
+//! Storage of the rewards service (sqlx over SQLite and PostgreSQL).
+
+pub(crate) mod ledger;
