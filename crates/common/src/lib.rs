@@ -6,6 +6,8 @@
 //! scheduled jobs.
 
 pub mod auth;
+pub mod calendar;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
