@@ -21,6 +21,7 @@ use loyalty_proto::common::ErrorReason;
 use loyalty_proto::events::event_envelope::Payload;
 use loyalty_proto::events::{PointsEarned, PointsRedeemed};
 
+pub(crate) use crate::domain::expiry::LotTerms;
 pub(crate) use crate::domain::ledger::{Cause, EntryKind, Posting, RuleRef};
 use crate::domain::ledger::{ChainedEntry, GENESIS_HASH};
 
@@ -30,15 +31,6 @@ pub(crate) const PRODUCER: &str = "rewards";
 /// Id of a ledger entry.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct EntryId(pub String);
-
-/// Terms of the lot a credit creates: pending until (unset: available at
-/// once) and expiry (unset: never). Compute them with
-/// [`crate::domain::expiry`] from the program policy and `rt.clock`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct LotTerms {
-    pub pending_until: Option<DateTime<Utc>>,
-    pub expires_at: Option<DateTime<Utc>>,
-}
 
 /// Points taken from (positive) or returned to (negative) one lot.
 #[derive(Debug, Clone, PartialEq, Eq)]
