@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status};
 
 /// Adds every gRPC service of the rewards service to `server`.
 pub(crate) fn register(rt: Arc<ServiceRuntime>, server: &mut GrpcServer) {
+    crate::engagement::register(&rt, server);
     server.add_service(RewardsServiceServer::new(RewardsApi { rt }));
 }
 

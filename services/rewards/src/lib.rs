@@ -7,6 +7,7 @@
 //! publishes domain events through the shared outbox and bus.
 
 pub mod domain;
+mod engagement;
 mod events;
 mod grpc;
 mod jobs;
@@ -27,6 +28,15 @@ pub const SERVICE: ServiceDef = ServiceDef {
     name: "rewards",
     migrations: &[MIGRATIONS],
     register: grpc::register,
-    consumers: events::consumers,
+    consumers,
     jobs: jobs::scheduled,
 };
+
+/// The points core's consumers and the engagement ones.
+fn consumers(
+    rt: &std::sync::Arc<loyalty_common::runtime::ServiceRuntime>,
+) -> Vec<loyalty_common::events::Consumer> {
+    let mut all = events::consumers(rt);
+    all.extend(engagement::consumers(rt));
+    all
+}
