@@ -14,10 +14,12 @@ pub enum EntryKind {
     Adjust,
     Transfer,
     Exchange,
+    /// Pending points became available (total unchanged).
+    Release,
 }
 
 impl EntryKind {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Earn,
         Self::Redeem,
         Self::Expire,
@@ -25,6 +27,7 @@ impl EntryKind {
         Self::Adjust,
         Self::Transfer,
         Self::Exchange,
+        Self::Release,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +39,7 @@ impl EntryKind {
             Self::Adjust => "adjust",
             Self::Transfer => "transfer",
             Self::Exchange => "exchange",
+            Self::Release => "release",
         }
     }
 
@@ -59,6 +63,7 @@ impl EntryKind {
             Self::Adjust => P::Adjust,
             Self::Transfer => P::Transfer,
             Self::Exchange => P::Exchange,
+            Self::Release => P::Release,
         }
     }
 }

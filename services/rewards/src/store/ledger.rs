@@ -22,6 +22,7 @@ use loyalty_proto::events::event_envelope::Payload;
 use loyalty_proto::events::{PointsEarned, PointsRedeemed};
 
 pub(crate) use crate::domain::expiry::LotTerms;
+#[allow(unused_imports)] // RuleRef: part of the ledger API for other modules
 pub(crate) use crate::domain::ledger::{Cause, EntryKind, Posting, RuleRef};
 use crate::domain::ledger::{ChainedEntry, GENESIS_HASH};
 
@@ -31,6 +32,18 @@ pub(crate) const PRODUCER: &str = "rewards";
 /// Id of a ledger entry.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct EntryId(pub String);
+
+/// Lot terms of points available at once under the program's policy
+/// (expiring by it): what badge, referral and partner credits use.
+pub(crate) async fn immediate_lot_terms(
+    tx: &mut Tx,
+    program_id: &str,
+    now: DateTime<Utc>,
+) -> Result<LotTerms, ServiceError> {
+    Ok(super::ledger_policy::load(&mut **tx, program_id)
+        .await?
+        .immediate_lot(now))
+}
 
 /// Points taken from (positive) or returned to (negative) one lot.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //! caps. What each line earned is kept so refunds reverse exactly that.
 
 mod behaviour;
-mod parse;
+pub mod parse;
 mod purchase;
 
 pub use behaviour::{BehaviourFacts, evaluate_behaviour, next_streak};
