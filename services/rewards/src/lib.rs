@@ -13,6 +13,7 @@ mod grpc;
 mod jobs;
 mod store;
 
+pub use grpc::GROUP_COMMIT_ENV;
 use loyalty_common::db::Migrations;
 use loyalty_common::runtime::ServiceDef;
 
