@@ -78,7 +78,14 @@ impl EventHandler for PointsEvents {
                 };
                 let input =
                     ledger_purchases::purchase_input(program, member, Some(&purchase), now)?;
-                ledger_purchases::record_purchase(tx, &input, now, false).await?;
+                ledger_purchases::record_purchase(
+                    tx,
+                    self.rt.db.url().as_str(),
+                    &input,
+                    now,
+                    false,
+                )
+                .await?;
             }
             Some(Payload::OrderRefunded(r)) => {
                 let req = pb::RecordRefundRequest {

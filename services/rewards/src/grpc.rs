@@ -26,7 +26,9 @@ use crate::domain::earning_rules::{Behaviour, rule_from_proto};
 use crate::domain::expiry::PointsPolicy;
 use crate::jobs::{PendingRelease, PointsExpiry};
 use crate::store::ledger::{self, Cause, EntryKind, LotTerms, Posting};
-use crate::store::{ledger_behaviour, ledger_policy, ledger_purchases, ledger_queries, rules};
+use crate::store::{
+    ledger_behaviour, ledger_policy, ledger_purchases, ledger_queries, rules, rules_cache,
+};
 
 /// Adds every gRPC service of the rewards service to `server`.
 pub(crate) fn register(rt: Arc<ServiceRuntime>, server: &mut GrpcServer) {
@@ -111,6 +113,11 @@ impl RewardsApi {
         self.rt.clock.now()
     }
 
+    /// This database, as the key of the program terms cache.
+    fn db_key(&self) -> &str {
+        self.rt.db.url().as_str()
+    }
+
     async fn policy(&self, program_id: &str) -> Result<PointsPolicy, ServiceError> {
         ledger_policy::load(self.rt.db.pool(), program_id).await
     }
@@ -186,6 +193,7 @@ impl RewardsService for RewardsApi {
         let mut tx = self.rt.db.begin().await.map_err(ServiceError::from)?;
         let stored = ledger_policy::save(&mut tx, &policy).await?;
         tx.commit().await.map_err(ServiceError::from)?;
+        rules_cache::forget(self.db_key(), &stored.program_id);
         Ok(Response::new(pb::SetProgramPolicyResponse {
             policy: Some(stored.to_proto()),
         }))
@@ -225,11 +233,13 @@ impl RewardsService for RewardsApi {
             // (the order id is claimed inside the work)
             Some(committer) => {
                 let key = input.program_id.clone();
+                let db = Arc::new(self.db_key().to_owned());
                 committer
                     .run(&key, move |tx| {
                         let input = input.clone();
+                        let db = db.clone();
                         Box::pin(async move {
-                            ledger_purchases::record_purchase(tx, &input, now, true).await
+                            ledger_purchases::record_purchase(tx, &db, &input, now, true).await
                         })
                     })
                     .await?
@@ -237,7 +247,8 @@ impl RewardsService for RewardsApi {
             None => {
                 let mut tx = self.rt.db.begin().await.map_err(ServiceError::from)?;
                 let response =
-                    ledger_purchases::record_purchase(&mut tx, &input, now, true).await?;
+                    ledger_purchases::record_purchase(&mut tx, self.db_key(), &input, now, true)
+                        .await?;
                 tx.commit().await.map_err(ServiceError::from)?;
                 response
             }
@@ -289,8 +300,7 @@ impl RewardsService for RewardsApi {
             .begin()
             .await
             .map_err(ServiceError::from)?;
-        let policy = ledger_policy::load(&mut *tx, &input.program_id).await?;
-        let eval = ledger_purchases::evaluate(&mut tx, &policy, &input).await?;
+        let eval = ledger_purchases::evaluate(&mut tx, self.db_key(), &input).await?;
         tx.rollback().await.map_err(ServiceError::from)?;
         Ok(Response::new(pb::SimulatePurchaseResponse {
             points: eval.total,
@@ -552,6 +562,7 @@ impl RewardsService for RewardsApi {
         let mut tx = self.rt.db.begin().await.map_err(ServiceError::from)?;
         let stored = rules::create(&mut tx, rule, self.now()).await?;
         tx.commit().await.map_err(ServiceError::from)?;
+        rules_cache::forget(self.db_key(), &stored.program_id);
         Ok(Response::new(pb::CreateEarningRuleResponse {
             rule: Some(stored),
         }))
@@ -570,6 +581,7 @@ impl RewardsService for RewardsApi {
         let mut tx = self.rt.db.begin().await.map_err(ServiceError::from)?;
         let stored = rules::update(&mut tx, rule, self.now()).await?;
         tx.commit().await.map_err(ServiceError::from)?;
+        rules_cache::forget(self.db_key(), &stored.program_id);
         Ok(Response::new(pb::UpdateEarningRuleResponse {
             rule: Some(stored),
         }))
@@ -630,6 +642,7 @@ impl RewardsService for RewardsApi {
         let mut tx = self.rt.db.begin().await.map_err(ServiceError::from)?;
         let rule = rules::retire(&mut tx, &req.program_id, &req.rule_id, self.now()).await?;
         tx.commit().await.map_err(ServiceError::from)?;
+        rules_cache::forget(self.db_key(), &rule.program_id);
         Ok(Response::new(pb::DeleteEarningRuleResponse {
             rule: Some(rule),
         }))

@@ -41,3 +41,23 @@ fn consumers(
     all.extend(engagement::consumers(rt));
     all
 }
+
+/// Entry points for benchmarks (not part of the service's contract).
+#[doc(hidden)]
+pub mod bench_support {
+    use std::sync::Arc;
+
+    use loyalty_common::ServiceError;
+    use loyalty_common::jobs::{JobRunner, RunReport};
+    use loyalty_common::runtime::ServiceRuntime;
+
+    /// Runs the points expiry job once, now, to its end.
+    pub async fn run_points_expiry(
+        rt: &Arc<ServiceRuntime>,
+    ) -> Result<Option<RunReport>, ServiceError> {
+        JobRunner::new(rt.db.clone())
+            .with_lease(std::time::Duration::from_secs(600))
+            .trigger(&crate::jobs::PointsExpiry::new(rt.clone()))
+            .await
+    }
+}

@@ -57,8 +57,9 @@ CREATE TABLE lots (
 );
 -- FIFO over a member's available lots, soonest expiry first
 CREATE INDEX lots_member_fifo ON lots (program_id, member_id, released, expires_at) WHERE remaining > 0;
--- the expiry job walks lots by expiry instant
-CREATE INDEX lots_expiry ON lots (expires_at, lot_id) WHERE remaining > 0 AND expires_at IS NOT NULL;
+-- the expiry job walks lots by expiry instant, a member's lots together
+-- (one expire entry per member and boundary, not per lot)
+CREATE INDEX lots_expiry ON lots (expires_at, program_id, member_id, lot_id) WHERE remaining > 0 AND expires_at IS NOT NULL;
 -- the release job walks pending lots by release instant
 CREATE INDEX lots_pending ON lots (pending_until, lot_id) WHERE released = 0;
 CREATE INDEX lots_entry ON lots (entry_id);

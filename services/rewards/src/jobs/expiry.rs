@@ -1,8 +1,9 @@
 //! Expiry of points by the program's policy: every lot whose expiry
 //! instant has passed loses what it still holds. Set-based per chunk (one
 //! UPDATE over the chunk's lots, walked by the `lots_expiry` index in
-//! expiry order), then one expire entry and one PointsExpired event per
-//! member of the chunk. Idempotent: an expired lot holds nothing, so a
+//! expiry order with each member's lots together), then one expire entry
+//! and one PointsExpired event per member of the chunk (a member whose lots
+//! straddle two chunks gets one per chunk). Idempotent: an expired lot holds nothing, so a
 //! rerun or a resumed run finds nothing twice.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,7 +49,7 @@ impl Job for PointsExpiry {
         let now = self.rt.clock.now().timestamp_micros();
         let programs: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT program_id FROM (SELECT program_id FROM lots WHERE remaining > 0 \
-             AND expires_at IS NOT NULL AND expires_at <= $1 ORDER BY expires_at, lot_id LIMIT $2) d",
+             AND expires_at IS NOT NULL AND expires_at <= $1 ORDER BY expires_at, program_id, member_id, lot_id LIMIT $2) d",
         )
         .bind(now)
         .bind(self.chunk)
@@ -70,7 +71,7 @@ impl Job for PointsExpiry {
             .join(", ");
         let chunk_sql = format!(
             "SELECT lot_id FROM lots WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= $1 \
-             AND program_id IN ({list}) ORDER BY expires_at, lot_id LIMIT $2"
+             AND program_id IN ({list}) ORDER BY expires_at, program_id, member_id, lot_id LIMIT $2"
         );
         let sums_sql = format!(
             "SELECT program_id, member_id, \

@@ -98,17 +98,13 @@ pub(crate) struct Head {
 /// Locks the program's chain head (creating it on first use). Every ledger
 /// write takes this lock first.
 pub(crate) async fn lock_head(tx: &mut Tx, program_id: &str) -> Result<Head, ServiceError> {
-    sqlx::query(
-        "INSERT INTO ledger_heads (program_id, seq, hash) VALUES ($1, 0, $2) ON CONFLICT DO NOTHING",
+    // one statement: creates the head on first use, else locks its row
+    let (seq, hash): (i64, String) = sqlx::query_as(
+        "INSERT INTO ledger_heads (program_id, seq, hash) VALUES ($1, 0, $2) \
+         ON CONFLICT (program_id) DO UPDATE SET seq = ledger_heads.seq RETURNING seq, hash",
     )
     .bind(program_id)
     .bind(GENESIS_HASH)
-    .execute(&mut **tx)
-    .await?;
-    let (seq, hash): (i64, String) = sqlx::query_as(
-        "UPDATE ledger_heads SET seq = seq WHERE program_id = $1 RETURNING seq, hash",
-    )
-    .bind(program_id)
     .fetch_one(&mut **tx)
     .await?;
     Ok(Head {
@@ -124,16 +120,11 @@ pub(crate) async fn balance_row(
     program_id: &str,
     member_id: &str,
 ) -> Result<crate::domain::ledger::BalanceRow, ServiceError> {
-    sqlx::query(
-        "INSERT INTO balances (program_id, member_id, available, pending, lifetime_earned) \
-         VALUES ($1, $2, 0, 0, 0) ON CONFLICT DO NOTHING",
-    )
-    .bind(program_id)
-    .bind(member_id)
-    .execute(&mut **tx)
-    .await?;
     let (available, pending, lifetime_earned): (i64, i64, i64) = sqlx::query_as(
-        "SELECT available, pending, lifetime_earned FROM balances WHERE program_id = $1 AND member_id = $2",
+        "INSERT INTO balances (program_id, member_id, available, pending, lifetime_earned) \
+         VALUES ($1, $2, 0, 0, 0) ON CONFLICT (program_id, member_id) \
+         DO UPDATE SET available = balances.available \
+         RETURNING available, pending, lifetime_earned",
     )
     .bind(program_id)
     .bind(member_id)

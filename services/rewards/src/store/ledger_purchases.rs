@@ -21,7 +21,7 @@ use prost::Message;
 use super::ledger::{
     self, Cause, Deltas, EntryKind, LotTerms, PRODUCER, Posting, balance_row, lock_head,
 };
-use super::{ledger_policy, ledger_queries, rules, rules_member};
+use super::{ledger_policy, ledger_queries, rules_cache, rules_member};
 use crate::domain::earning_rules::{Evaluation, Line, PurchaseFacts, evaluate_purchase};
 use crate::domain::expiry::{Clawback, PointsPolicy};
 use crate::domain::ledger_refund::{LineState, RefundAsk, plan_clawback, plan_refund};
@@ -172,29 +172,45 @@ fn check_currency(policy: &PointsPolicy, input: &PurchaseInput) -> Result<(), Se
 /// Evaluates a purchase for the member as things stand (no writes).
 pub(crate) async fn evaluate(
     tx: &mut Tx,
-    policy: &PointsPolicy,
+    db: &str,
     input: &PurchaseInput,
 ) -> Result<Evaluation, ServiceError> {
+    let terms = rules_cache::terms(tx, db, &input.program_id).await?;
+    let mut member = rules_member::load(tx, &input.program_id, &input.member_id).await?;
+    member.purchase_count += 1;
+    evaluate_for(tx, &terms, input, &member).await
+}
+
+/// Evaluates a purchase given the program's terms and the member's state
+/// counting this purchase.
+async fn evaluate_for(
+    tx: &mut Tx,
+    terms: &rules_cache::ProgramTerms,
+    input: &PurchaseInput,
+    member: &rules_member::MemberState,
+) -> Result<Evaluation, ServiceError> {
+    let policy = &terms.policy;
     check_currency(policy, input)?;
-    let member = rules_member::load(tx, &input.program_id, &input.member_id).await?;
-    let rules = rules::in_force(&mut **tx, &input.program_id).await?;
     let local_date = policy.tz.local_date(input.purchased_at);
-    let usage =
-        rules_member::cap_usage(tx, &input.program_id, &input.member_id, local_date).await?;
+    let usage = if terms.capped {
+        rules_member::cap_usage(tx, &input.program_id, &input.member_id, local_date).await?
+    } else {
+        crate::domain::earning_rules::CapUsage::default()
+    };
     let facts = PurchaseFacts {
         lines: input.lines.clone(),
         channel: input.channel.clone(),
         store_id: input.store_id.clone(),
         purchased_at: input.purchased_at,
         local_date,
-        tier: member.tier,
+        tier: member.tier.clone(),
         multiplier_bp: member.multiplier_bp,
-        ordinal: u32::try_from(member.purchase_count + 1).unwrap_or(u32::MAX),
+        ordinal: u32::try_from(member.purchase_count).unwrap_or(u32::MAX),
         base_points_per_unit: policy.base_points_per_unit,
         unit_minor: policy.unit_minor,
         rounding: policy.rounding,
     };
-    Ok(evaluate_purchase(&rules, &facts, &usage))
+    Ok(evaluate_purchase(&terms.rules, &facts, &usage))
 }
 
 pub(crate) fn applications_to_proto(e: &Evaluation) -> Vec<pb::RuleApplication> {
@@ -227,6 +243,7 @@ fn lines_to_proto(e: &Evaluation) -> Vec<pb::LineEarning> {
 /// by RPC rather than as that event).
 pub(crate) async fn record_purchase(
     tx: &mut Tx,
+    db: &str,
     input: &PurchaseInput,
     now: DateTime<Utc>,
     emit: bool,
@@ -251,8 +268,12 @@ pub(crate) async fn record_purchase(
         return pb::RecordPurchaseResponse::decode(response.as_slice())
             .map_err(ServiceError::internal);
     }
-    let policy = ledger_policy::load(&mut **tx, &input.program_id).await?;
-    let eval = evaluate(tx, &policy, input).await?;
+    let program = rules_cache::terms(tx, db, &input.program_id).await?;
+    check_currency(&program.policy, input)?;
+    let member =
+        rules_member::count_purchase_returning(tx, &input.program_id, &input.member_id).await?;
+    let eval = evaluate_for(tx, &program, input, &member).await?;
+    let policy = &program.policy;
     let terms = policy.purchase_lot(input.purchased_at, now);
     let entry_id = if eval.total > 0 {
         let posting = Posting {
@@ -271,7 +292,6 @@ pub(crate) async fn record_purchase(
         String::new()
     };
     let local_date = policy.tz.local_date(input.purchased_at);
-    rules_member::count_purchase(tx, &input.program_id, &input.member_id).await?;
     rules_member::record_awards(
         tx,
         &input.program_id,
@@ -304,18 +324,21 @@ pub(crate) async fn record_purchase(
     .bind(now_micros())
     .execute(&mut **tx)
     .await?;
-    for (line, (_, points)) in input.lines.iter().zip(&eval.lines) {
-        sqlx::query(
-            "INSERT INTO purchase_lines (program_id, order_id, line_id, amount_minor, points) VALUES ($1, $2, $3, $4, $5)",
-        )
+    // all lines in one statement
+    let values = (0..input.lines.len())
+        .map(|i| format!("($1, $2, ${}, ${}, ${})", 3 * i + 3, 3 * i + 4, 3 * i + 5))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO purchase_lines (program_id, order_id, line_id, amount_minor, points) VALUES {values}"
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(&input.program_id)
-        .bind(&input.order_id)
-        .bind(&line.line_id)
-        .bind(line.amount_minor)
-        .bind(*points)
-        .execute(&mut **tx)
-        .await?;
+        .bind(&input.order_id);
+    for (line, (_, points)) in input.lines.iter().zip(&eval.lines) {
+        q = q.bind(&line.line_id).bind(line.amount_minor).bind(*points);
     }
+    q.execute(&mut **tx).await?;
     if emit {
         let event = new_envelope(
             PRODUCER,

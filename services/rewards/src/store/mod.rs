@@ -6,4 +6,5 @@ pub(crate) mod ledger_policy;
 pub(crate) mod ledger_purchases;
 pub(crate) mod ledger_queries;
 pub(crate) mod rules;
+pub(crate) mod rules_cache;
 pub(crate) mod rules_member;

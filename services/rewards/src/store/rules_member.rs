@@ -75,21 +75,29 @@ pub(crate) async fn set_tier(
     Ok(())
 }
 
-/// Counts one more purchase of the member.
-pub(crate) async fn count_purchase(
+/// Counts one more purchase of the member and answers its state after
+/// that (one statement; the row stays locked until commit).
+pub(crate) async fn count_purchase_returning(
     tx: &mut Tx,
     program_id: &str,
     member_id: &str,
-) -> Result<(), ServiceError> {
-    ensure(tx, program_id, member_id).await?;
-    sqlx::query(
-        "UPDATE member_state SET purchase_count = purchase_count + 1 WHERE program_id = $1 AND member_id = $2",
+) -> Result<MemberState, ServiceError> {
+    let (tier, multiplier_bp, purchase_count, last, streak): (String, i64, i64, String, i64) = sqlx::query_as(
+        "INSERT INTO member_state (program_id, member_id, purchase_count) VALUES ($1, $2, 1) \
+         ON CONFLICT (program_id, member_id) DO UPDATE SET purchase_count = member_state.purchase_count + 1 \
+         RETURNING tier, multiplier_bp, purchase_count, last_check_in, streak_days",
     )
     .bind(program_id)
     .bind(member_id)
-    .execute(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
-    Ok(())
+    Ok(MemberState {
+        tier,
+        multiplier_bp,
+        purchase_count,
+        last_check_in: NaiveDate::parse_from_str(&last, "%Y-%m-%d").ok(),
+        streak_days: u32::try_from(streak).unwrap_or(0),
+    })
 }
 
 /// Records a check-in day and the streak it makes.
