@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use loyalty_common::ServiceError;
 use loyalty_common::db::Tx;
 
-use crate::store::ledger::{self, Cause, EntryId, EntryKind, LotTerms, Posting};
+use crate::store::ledger::{self, Cause, EntryId, EntryKind, Posting};
 
 /// Why points move, which decides the entry kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +89,8 @@ pub async fn credit(
     reference: &str,
     now: DateTime<Utc>,
 ) -> Result<String, ServiceError> {
-    let lot = immediate_lot(tx, program_id, now).await?;
+    // expiring by the program's policy, like any other credit
+    let lot = ledger::immediate_lot_terms(tx, program_id, now).await?;
     let entry = ledger::credit(
         tx,
         &posting(program_id, member_id, purpose, points, reference),
@@ -97,13 +98,4 @@ pub async fn credit(
     )
     .await?;
     Ok(entry.0)
-}
-
-async fn immediate_lot(
-    tx: &mut Tx,
-    program_id: &str,
-    now: DateTime<Utc>,
-) -> Result<LotTerms, ServiceError> {
-    let _ = (tx, program_id, now);
-    Ok(LotTerms::default())
 }

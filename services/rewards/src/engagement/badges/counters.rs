@@ -20,22 +20,39 @@ pub(crate) struct BadgeCounters {
     pub rt: Arc<ServiceRuntime>,
 }
 
-/// What one event adds to the counters.
-fn increment(payload: &Payload) -> Option<Counters> {
+/// What one event adds to the counters, and the fact it counts (an order,
+/// a review, a check-in day), counted once however often it is announced.
+fn increment(payload: &Payload, event_id: &str) -> Option<(Counters, String)> {
+    let or_event = |key: &str| {
+        if key.is_empty() {
+            format!("event:{event_id}")
+        } else {
+            key.to_owned()
+        }
+    };
     match payload {
-        Payload::PurchaseCompleted(_) => Some(Counters {
-            purchases: 1,
-            ..Counters::default()
-        }),
-        Payload::ReviewSubmitted(_) => Some(Counters {
-            reviews: 1,
-            ..Counters::default()
-        }),
-        Payload::CheckedIn(c) => Some(Counters {
-            check_ins: 1,
-            best_streak: i64::from(c.streak_days.max(0)),
-            ..Counters::default()
-        }),
+        Payload::PurchaseCompleted(p) => Some((
+            Counters {
+                purchases: 1,
+                ..Counters::default()
+            },
+            format!("order:{}", or_event(&p.order_id)),
+        )),
+        Payload::ReviewSubmitted(r) => Some((
+            Counters {
+                reviews: 1,
+                ..Counters::default()
+            },
+            format!("review:{}", or_event(&r.review_id)),
+        )),
+        Payload::CheckedIn(c) => Some((
+            Counters {
+                check_ins: 1,
+                best_streak: i64::from(c.streak_days.max(0)),
+                ..Counters::default()
+            },
+            format!("check-in:{}", or_event(&c.local_date)),
+        )),
         _ => None,
     }
 }
@@ -43,13 +60,20 @@ fn increment(payload: &Payload) -> Option<Counters> {
 #[async_trait::async_trait]
 impl EventHandler for BadgeCounters {
     async fn handle(&self, tx: &mut Tx, event: &EventEnvelope) -> Result<(), ServiceError> {
-        let Some(add) = event.payload.as_ref().and_then(increment) else {
+        let Some((add, fact)) = event
+            .payload
+            .as_ref()
+            .and_then(|p| increment(p, &event.event_id))
+        else {
             return Ok(());
         };
         if event.member_id.is_empty() {
             return Ok(());
         }
         let (program, member) = (event.program_id.as_str(), event.member_id.as_str());
+        if !store::count_fact(tx, program, member, &fact).await? {
+            return Ok(()); // counted before under another event id
+        }
         let counters = store::bump(tx, program, member, add).await?;
         let badges = store::all_badges(tx, program).await?;
         if badges.is_empty() {

@@ -114,6 +114,25 @@ pub async fn all_badges(tx: &mut Tx, program_id: &str) -> Result<Vec<BadgeRow>, 
     Ok(rows.into_iter().map(badge).collect())
 }
 
+/// Records that `fact` was counted; false when it had been already.
+pub async fn count_fact(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+    fact: &str,
+) -> Result<bool, ServiceError> {
+    let done = sqlx::query(
+        "INSERT INTO badge_counted_facts (program_id, member_id, fact) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(program_id)
+    .bind(member_id)
+    .bind(fact)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Adds to a member's counters (`streak` raises the best streak) and
 /// returns them after the change.
 pub async fn bump(

@@ -61,11 +61,6 @@ pub fn check(
         .ok_or(Refusal::Overflow)
 }
 
-/// Whether holding `held + quantity` units stays within `limit` (0 = none).
-pub fn within_member_limit(limit: i64, held: i64, quantity: i64) -> bool {
-    limit == 0 || held.checked_add(quantity).is_some_and(|t| t <= limit)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,12 +113,5 @@ mod tests {
             ..item()
         };
         assert_eq!(check(&dear, "GOLD", 2, 1_500), Err(Refusal::Overflow));
-    }
-
-    #[test]
-    fn member_limit() {
-        assert!(within_member_limit(0, 99, 1));
-        assert!(within_member_limit(2, 1, 1));
-        assert!(!within_member_limit(2, 2, 1));
     }
 }

@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 
 use super::eligibility::{self, ItemTerms, Refusal};
 use super::store::{self, ItemRow, RedemptionRow};
+use crate::engagement::codes;
 use crate::engagement::coupons::store as coupon_store;
 use crate::engagement::points;
 use crate::engagement::support::{
@@ -223,7 +224,8 @@ impl CatalogApi {
         }
         v.finish()?;
         let now = now_micros(&self.rt);
-        let scope = format!("rewards.RedeemReward/{}", req.program_id);
+        // keys are the caller's own: scoped to the member, never shared across members
+        let scope = format!("rewards.RedeemReward/{}/{}", req.program_id, req.member_id);
         let key = req.idempotency_key.clone();
         let response = run_idempotent(&self.rt.db, &scope, &key, &req.clone(), move |tx| {
             Box::pin(async move {
@@ -315,7 +317,7 @@ impl CatalogApi {
                     .await?;
                     row.coupon_id = Some(coupon.coupon_id);
                     row.state = FULFILLED.to_owned();
-                    coupon_code = coupon.code;
+                    coupon_code = codes::display(&coupon.code);
                 }
                 store::insert_redemption(tx, &row).await?;
                 emit(

@@ -115,11 +115,6 @@ impl Period {
     }
 }
 
-/// Whether `used + amount` stays within `limit` (0 = unlimited).
-pub fn within_limit(limit: i64, used: i64, amount: i64) -> bool {
-    limit == 0 || used.checked_add(amount).is_some_and(|total| total <= limit)
-}
-
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -167,14 +162,6 @@ mod tests {
         let next = at + chrono::Duration::seconds(1);
         assert_eq!(Period::Day.key(next), "2026-02-01");
         assert_eq!(Period::Month.key(next), "2026-02");
-    }
-
-    #[test]
-    fn limits() {
-        assert!(within_limit(0, i64::MAX, 1));
-        assert!(within_limit(100, 40, 60));
-        assert!(!within_limit(100, 41, 60));
-        assert!(!within_limit(100, i64::MAX, 1));
     }
 
     proptest! {

@@ -221,7 +221,7 @@ impl PartnerApi {
         }
         v.finish()?;
         let now = self.rt.clock.now();
-        let scope = format!("rewards.ExchangeOut/{}", req.program_id);
+        let scope = format!("rewards.ExchangeOut/{}/{}", req.program_id, req.member_id);
         let key = req.idempotency_key.clone();
         let resp = run_idempotent(&self.rt.db, &scope, &key, &req.clone(), move |tx| {
             Box::pin(async move {
