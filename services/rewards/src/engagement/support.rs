@@ -89,9 +89,9 @@ pub fn page(req: Option<&PageRequest>, fingerprint: &str) -> Result<Page, Servic
     paging::parse(size, token, LIST_LIMITS, fingerprint)
 }
 
-/// The paging part of an answer.
-pub fn page_response(next_page_token: String) -> Option<PageResponse> {
-    Some(PageResponse { next_page_token })
+/// The paging part of an answer (the field is optional in prost).
+pub fn page_response(next_page_token: String) -> PageResponse {
+    PageResponse { next_page_token }
 }
 
 /// Appends an event to the outbox in the caller's transaction.

@@ -165,7 +165,7 @@ impl BadgeService for BadgeApi {
         let (rows, next) = paging::finish(rows, &pg, &print, |r| r.code.clone());
         Ok(Response::new(ListBadgesResponse {
             badges: rows.iter().map(badge_proto).collect(),
-            page: page_response(next),
+            page: Some(page_response(next)),
         }))
     }
 
@@ -212,7 +212,7 @@ impl BadgeService for BadgeApi {
                     awarded_at: Some(ts(r.awarded_at)),
                 })
                 .collect(),
-            page: page_response(next),
+            page: Some(page_response(next)),
         }))
     }
 }

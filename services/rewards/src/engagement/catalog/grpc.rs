@@ -316,7 +316,7 @@ impl CatalogApi {
                     )
                     .await?;
                     row.coupon_id = Some(coupon.coupon_id);
-                    row.state = FULFILLED.to_owned();
+                    FULFILLED.clone_into(&mut row.state);
                     coupon_code = codes::display(&coupon.code);
                 }
                 store::insert_redemption(tx, &row).await?;
@@ -675,7 +675,7 @@ impl CatalogService for CatalogApi {
         let (rows, next) = paging::finish(rows, &pg, &print, |r| r.item_id.clone());
         Ok(Response::new(ListCatalogItemsResponse {
             items: rows.iter().map(item_proto).collect(),
-            page: page_response(next),
+            page: Some(page_response(next)),
         }))
     }
 
@@ -745,7 +745,7 @@ impl CatalogService for CatalogApi {
         let (rows, next) = paging::finish(rows, &pg, &print, |r| r.redemption_id.clone());
         Ok(Response::new(ListRedemptionsResponse {
             redemptions: rows.iter().map(redemption_proto).collect(),
-            page: page_response(next),
+            page: Some(page_response(next)),
         }))
     }
 

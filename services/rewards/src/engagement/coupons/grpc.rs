@@ -369,7 +369,7 @@ impl CouponService for CouponApi {
         let (rows, next) = paging::finish(rows, &pg, &print, |r| r.pool_id.clone());
         Ok(Response::new(ListCouponPoolsResponse {
             pools: rows.iter().map(pool_proto).collect(),
-            page: page_response(next),
+            page: Some(page_response(next)),
         }))
     }
 
@@ -447,7 +447,7 @@ impl CouponService for CouponApi {
         let (rows, next) = paging::finish(rows, &pg, &print, |r| r.coupon_id.clone());
         Ok(Response::new(ListMemberCouponsResponse {
             coupons: rows.iter().map(|c| coupon_proto(c, now)).collect(),
-            page: page_response(next),
+            page: Some(page_response(next)),
         }))
     }
 }

@@ -384,7 +384,7 @@ impl PartnerService for PartnerApi {
         let (rows, next) = paging::finish(rows, &pg, &print, |r| r.code.clone());
         Ok(Response::new(ListPartnersResponse {
             partners: rows.iter().map(partner_proto).collect(),
-            page: page_response(next),
+            page: Some(page_response(next)),
         }))
     }
 
@@ -431,7 +431,7 @@ impl PartnerService for PartnerApi {
         let (rows, next) = paging::finish(rows, &pg, &print, |r| r.transfer_id.clone());
         Ok(Response::new(ListPartnerTransfersResponse {
             transfers: rows.iter().map(transfer_proto).collect(),
-            page: page_response(next),
+            page: Some(page_response(next)),
         }))
     }
 }

@@ -278,7 +278,7 @@ impl ReferralService for ReferralApi {
         let (rows, next) = paging::finish(rows, &pg, &print, |r| r.referral_id.clone());
         Ok(Response::new(ListReferralsResponse {
             referrals: rows.iter().map(referral_proto).collect(),
-            page: page_response(next),
+            page: Some(page_response(next)),
         }))
     }
 }
