@@ -29,11 +29,11 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn money(minor: i64) -> Option<Money> {
-    Some(Money {
+fn money(minor: i64) -> Money {
+    Money {
         minor_units: minor,
         currency: "CNY".into(),
-    })
+    }
 }
 
 async fn record_purchases(engine: TestEngine, cfg: &LoadConfig) -> Report {
@@ -79,21 +79,21 @@ async fn record_purchases(engine: TestEngine, cfg: &LoadConfig) -> Report {
                 member_id: format!("m{}", i % 10_000),
                 purchase: Some(pb::Purchase {
                     order_id: format!("{run}-{i}"),
-                    amount: money(12_800),
+                    amount: Some(money(12_800)),
                     lines: vec![
                         pb::PurchaseLine {
                             line_id: "1".into(),
                             sku: "s1".into(),
                             category: "coffee".into(),
                             quantity: 1,
-                            amount: money(3_800),
+                            amount: Some(money(3_800)),
                         },
                         pb::PurchaseLine {
                             line_id: "2".into(),
                             sku: "s2".into(),
                             category: "food".into(),
                             quantity: 1,
-                            amount: money(9_000),
+                            amount: Some(money(9_000)),
                         },
                     ],
                     channel: "store".into(),

@@ -136,11 +136,6 @@ impl EventHandler for PointsEvents {
                 )
                 .await?;
             }
-            Some(Payload::MemberErased(_)) => {
-                // The ledger holds no personal data: member ids are
-                // pseudonymous and survive erasure, amounts and order ids
-                // are the program's books. Nothing to erase.
-            }
             Some(Payload::CampaignActionRequested(c)) => {
                 if let Some(Action::GrantPoints(points)) = c.action
                     && points > 0
@@ -158,6 +153,9 @@ impl EventHandler for PointsEvents {
                 }
                 // issue_coupon_pool_id: handled by the coupons module's consumer
             }
+            // MemberErased: the ledger holds no personal data (member ids
+            // are pseudonymous and survive erasure; amounts and order ids
+            // are the program's books), so there is nothing to erase
             _ => {}
         }
         Ok(())

@@ -102,10 +102,10 @@ fn page(req: Option<&PageRequest>, fingerprint: &str) -> Result<Page, ServiceErr
     paging::parse(r.page_size, &r.page_token, LIMITS, fingerprint)
 }
 
-fn page_response(token: String) -> Option<PageResponse> {
-    Some(PageResponse {
+fn page_response(token: String) -> PageResponse {
+    PageResponse {
         next_page_token: token,
-    })
+    }
 }
 
 impl RewardsApi {
@@ -228,30 +228,27 @@ impl RewardsService for RewardsApi {
             req.purchase.as_ref(),
             now,
         )?);
-        let response = match &self.committer {
-            // answered after the batch's commit; a retried batch replays
-            // (the order id is claimed inside the work)
-            Some(committer) => {
-                let key = input.program_id.clone();
-                let db = Arc::new(self.db_key().to_owned());
-                committer
-                    .run(&key, move |tx| {
-                        let input = input.clone();
-                        let db = db.clone();
-                        Box::pin(async move {
-                            ledger_purchases::record_purchase(tx, &db, &input, now, true).await
-                        })
+        // answered after the batch's commit; a retried batch replays (the
+        // order id is claimed inside the work)
+        let response = if let Some(committer) = &self.committer {
+            let key = input.program_id.clone();
+            let db = Arc::new(self.db_key().to_owned());
+            committer
+                .run(&key, move |tx| {
+                    let input = input.clone();
+                    let db = db.clone();
+                    Box::pin(async move {
+                        ledger_purchases::record_purchase(tx, &db, &input, now, true).await
                     })
-                    .await?
-            }
-            None => {
-                let mut tx = self.rt.db.begin().await.map_err(ServiceError::from)?;
-                let response =
-                    ledger_purchases::record_purchase(&mut tx, self.db_key(), &input, now, true)
-                        .await?;
-                tx.commit().await.map_err(ServiceError::from)?;
-                response
-            }
+                })
+                .await?
+        } else {
+            let mut tx = self.rt.db.begin().await.map_err(ServiceError::from)?;
+            let response =
+                ledger_purchases::record_purchase(&mut tx, self.db_key(), &input, now, true)
+                    .await?;
+            tx.commit().await.map_err(ServiceError::from)?;
+            response
         };
         self.rt.outbox.notify();
         Ok(Response::new(response))
@@ -348,7 +345,7 @@ impl RewardsService for RewardsApi {
             paging::finish(rows, &page, &fingerprint, |e| e.sequence.to_string());
         Ok(Response::new(pb::ListLedgerEntriesResponse {
             entries,
-            page: page_response(token),
+            page: Some(page_response(token)),
         }))
     }
 
@@ -627,7 +624,7 @@ impl RewardsService for RewardsApi {
         let (rules, token) = paging::finish(rows, &page, &fingerprint, |r| r.rule_id.clone());
         Ok(Response::new(pb::ListEarningRulesResponse {
             rules,
-            page: page_response(token),
+            page: Some(page_response(token)),
         }))
     }
 
@@ -770,7 +767,7 @@ impl RewardsService for RewardsApi {
         let (reminders, token) = paging::finish(rows, &page, &fingerprint, |r| r.member_id.clone());
         Ok(Response::new(pb::ListExpiryRemindersResponse {
             reminders,
-            page: page_response(token),
+            page: Some(page_response(token)),
         }))
     }
 }

@@ -412,8 +412,7 @@ pub(crate) async fn consume_lots(
         let lots = available_lots(tx, program_id, member_id, 64).await?;
         if lots.is_empty() {
             return Err(ServiceError::internal(format!(
-                "ledger invariant broken: lots of member {member_id} hold {} points less than its balance",
-                left
+                "ledger invariant broken: lots of member {member_id} hold {left} points less than its balance"
             )));
         }
         for (lot_id, remaining, expires_at) in lots {

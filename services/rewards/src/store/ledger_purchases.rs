@@ -391,15 +391,12 @@ pub(crate) fn refund_input(
     check_id(&mut v, "refund_id", &req.refund_id);
     let mut currency = None;
     let ask = if req.lines.is_empty() {
-        match Money::from_proto("amount", req.amount.as_ref()) {
-            Ok(m) => {
-                currency = Some(m.currency.as_str().to_owned());
-                RefundAsk::Amount(m.minor)
-            }
-            Err(_) => {
-                v.add("amount", "is required when no lines are given");
-                RefundAsk::Amount(0)
-            }
+        if let Ok(m) = Money::from_proto("amount", req.amount.as_ref()) {
+            currency = Some(m.currency.as_str().to_owned());
+            RefundAsk::Amount(m.minor)
+        } else {
+            v.add("amount", "is required when no lines are given");
+            RefundAsk::Amount(0)
         }
     } else {
         let mut lines = Vec::new();

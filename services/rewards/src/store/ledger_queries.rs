@@ -279,7 +279,7 @@ pub(crate) async fn verify(
         {
             out.first_break = Some(crate::domain::ledger::ChainBreak {
                 entry_id: String::new(),
-                seq: seq,
+                seq,
                 problem: format!(
                     "the chain ends at sequence {} but its head says {head_seq}: entries were removed",
                     seq - 1

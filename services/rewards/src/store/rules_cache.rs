@@ -27,9 +27,10 @@ pub(crate) struct ProgramTerms {
 }
 
 type Key = (String, String);
+type Cache = Mutex<HashMap<Key, (Instant, Arc<ProgramTerms>)>>;
 
-fn cache() -> &'static Mutex<HashMap<Key, (Instant, Arc<ProgramTerms>)>> {
-    static CACHE: OnceLock<Mutex<HashMap<Key, (Instant, Arc<ProgramTerms>)>>> = OnceLock::new();
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 

@@ -15,6 +15,7 @@ pub struct Rewards {
     pub t: TestService,
 }
 
+#[allow(clippy::unnecessary_wraps)] // proto money fields are optional
 pub fn cny(minor: i64) -> Option<Money> {
     Some(Money {
         minor_units: minor,

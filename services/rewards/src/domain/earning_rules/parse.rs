@@ -69,6 +69,7 @@ fn in_range(v: &mut Violations, field: &str, n: i64, lo: i64, hi: i64) {
     }
 }
 
+#[allow(clippy::many_single_char_names)] // v, p, c, f: violations, rule, condition, field prefix
 fn purchase_kind(v: &mut Violations, p: &pb::PurchaseRule) -> Option<RuleKind> {
     let c = p.condition.clone().unwrap_or_default();
     let f = "rule.purchase.condition";
