@@ -5,7 +5,7 @@
 //!
 //! `cargo bench -p loyalty-rewards --bench record_purchase` with
 //! `LOYALTY_TEST_POSTGRES_URL` set for the PostgreSQL figures. Knobs:
-//! `BENCH_SECONDS` (10), `BENCH_CONCURRENCY` (64), `BENCH_ENGINES`
+//! `BENCH_SECONDS` (10; 0 skips RecordPurchase), `BENCH_CONCURRENCY` (64), `BENCH_ENGINES`
 //! (`sqlite,postgres`), `BENCH_EXPIRY_LOTS` (10000000; 0 skips),
 //! `BENCH_EXPIRY_MEMBERS` (100000). `LOYALTY_REWARDS_GROUP_COMMIT=off`
 //! measures one transaction per call instead of group commits.
@@ -216,7 +216,7 @@ async fn main() {
         load_average()
     );
     println!("{}", Report::markdown_header());
-    for engine in engines.split(',') {
+    for engine in engines.split(',').filter(|_| seconds > 0) {
         let engine = match engine.trim() {
             "sqlite" => TestEngine::Sqlite,
             "postgres" if pg_url.is_some() => TestEngine::Postgres,
@@ -231,7 +231,7 @@ async fn main() {
             println!("  first error: {e}");
         }
     }
-    if let Some(url) = &pg_url {
+    if let Some(url) = pg_url.as_ref().filter(|_| seconds > 0) {
         match pgbench::earn_ceiling(url, concurrency.min(64), seconds) {
             Ok(p) => println!(
                 "{}",

@@ -65,14 +65,10 @@ impl Job for PointsExpiry {
         // every writer of these programs waits from here on: the chunk's
         // lots cannot change under us
         let mut heads = super::lock_heads(tx, &programs).await?;
-        let list = (0..programs.len())
-            .map(|i| format!("${}", i + 3))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let chunk_sql = format!(
-            "SELECT lot_id FROM lots WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= $1 \
-             AND program_id IN ({list}) ORDER BY expires_at, program_id, member_id, lot_id LIMIT $2"
-        );
+        // the chunk: the first lots due in index order (no filter by
+        // program, so the walk stays on the `lots_expiry` index)
+        let chunk_sql = "SELECT lot_id FROM lots WHERE remaining > 0 AND expires_at IS NOT NULL \
+             AND expires_at <= $1 ORDER BY expires_at, program_id, member_id, lot_id LIMIT $2";
         let sums_sql = format!(
             "SELECT program_id, member_id, \
              CAST(SUM(CASE WHEN released = 1 THEN remaining ELSE 0 END) AS BIGINT), \
@@ -80,21 +76,23 @@ impl Job for PointsExpiry {
              CAST(COUNT(*) AS BIGINT) \
              FROM lots WHERE lot_id IN ({chunk_sql}) GROUP BY program_id, member_id"
         );
-        let mut q =
+        let rows =
             sqlx::query_as::<_, (String, String, i64, i64, i64)>(sqlx::AssertSqlSafe(sums_sql))
                 .bind(now)
-                .bind(self.chunk);
-        for p in &programs {
-            q = q.bind(p);
+                .bind(self.chunk)
+                .fetch_all(&mut **tx)
+                .await?;
+        if let Some(stranger) = rows.iter().find(|r| !programs.contains(&r.0)) {
+            // a lot of another program became due meanwhile: try again
+            return Err(ServiceError::Conflict(format!(
+                "expiry chunk gained lots of program {} while locking; retry",
+                stranger.0
+            )));
         }
-        let rows = q.fetch_all(&mut **tx).await?;
         let update_sql = format!("UPDATE lots SET remaining = 0 WHERE lot_id IN ({chunk_sql})");
-        let mut u = sqlx::query(sqlx::AssertSqlSafe(update_sql))
+        let u = sqlx::query(sqlx::AssertSqlSafe(update_sql))
             .bind(now)
             .bind(self.chunk);
-        for p in &programs {
-            u = u.bind(p);
-        }
         let updated = u.execute(&mut **tx).await?.rows_affected();
         let mut expired = Expired::new();
         let mut lots = 0i64;
