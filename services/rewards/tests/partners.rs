@@ -251,10 +251,53 @@ async fn partner_definitions_are_validated_and_keyed_by_code(engine: TestEngine)
     t.stop().await;
 }
 
+async fn limit_periods_follow_the_program_time_zone(engine: TestEngine) {
+    use chrono::TimeZone;
+    use loyalty_proto::loyalty::rewards::v1 as pb;
+    use loyalty_proto::loyalty::rewards::v1::rewards_service_client::RewardsServiceClient;
+    let t = start(engine).await;
+    RewardsServiceClient::new(t.channel())
+        .set_program_policy(t.request(
+            pb::SetProgramPolicyRequest {
+                policy: Some(pb::ProgramPolicy {
+                    program_id: PROGRAM.into(),
+                    time_zone: "Asia/Shanghai".into(),
+                    currency: "CNY".into(),
+                    base_points_per_unit: 1,
+                    unit_minor_units: 100,
+                    pending_days: 0,
+                    expiry_mode: pb::ExpiryMode::Never as i32,
+                    expiry_months: 0,
+                    clawback_policy: pb::ClawbackPolicy::WriteOff as i32,
+                    rounding_mode: pb::RoundingMode::Floor as i32,
+                    version: 0,
+                }),
+            },
+            &admin(),
+        ))
+        .await
+        .expect("policy");
+    define(&t, airline(100, 0)).await.expect("partner");
+    grant(&t, "m1", 1_000).await;
+    // 23:30 in Shanghai (15:30 UTC)
+    assert!(
+        t.clock()
+            .set(chrono::Utc.with_ymd_and_hms(2027, 3, 1, 15, 30, 0).unwrap())
+    );
+    out(&t, "m1", 100, "a").await.expect("first local day");
+    let same_day = out(&t, "m1", 100, "b").await.unwrap_err();
+    assert_code(&same_day, Code::ResourceExhausted);
+    // 00:30 in Shanghai: a new local day, though still 1 March in UTC
+    t.clock().advance(chrono::Duration::hours(1));
+    out(&t, "m1", 100, "c").await.expect("next local day");
+    t.stop().await;
+}
+
 test_on_both_engines!(
     exchange_out_takes_only_points_that_buy_whole_units,
     member_and_program_limits_hold_per_period,
     racing_exchanges_never_pass_the_member_limit,
     exchange_in_is_idempotent_on_the_partner_transaction,
     partner_definitions_are_validated_and_keyed_by_code,
+    limit_periods_follow_the_program_time_zone,
 );

@@ -4,7 +4,7 @@
 //! the fraction of a point below one is lost (in the program's favour, as
 //! rates are set by the program).
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{Datelike, NaiveDate};
 
 /// `from_units` of one currency buy `to_units` of the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,11 +91,12 @@ pub enum Period {
 }
 
 impl Period {
-    /// Key of the period holding `at` (UTC calendar): `2026-11-25`, `2026-11`.
-    pub fn key(self, at: DateTime<Utc>) -> String {
+    /// Key of the period holding the local date `day` (the program's
+    /// calendar): `2026-11-25`, `2026-11`.
+    pub fn key(self, day: NaiveDate) -> String {
         match self {
-            Self::Day => at.format("%Y-%m-%d").to_string(),
-            Self::Month => format!("{:04}-{:02}", at.year(), at.month()),
+            Self::Day => day.format("%Y-%m-%d").to_string(),
+            Self::Month => format!("{:04}-{:02}", day.year(), day.month()),
         }
     }
 
@@ -117,7 +118,6 @@ impl Period {
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeZone;
     use proptest::prelude::*;
 
     use super::*;
@@ -155,11 +155,11 @@ mod tests {
     }
 
     #[test]
-    fn periods_follow_the_utc_calendar() {
-        let at = Utc.with_ymd_and_hms(2026, 1, 31, 23, 59, 59).unwrap();
-        assert_eq!(Period::Day.key(at), "2026-01-31");
-        assert_eq!(Period::Month.key(at), "2026-01");
-        let next = at + chrono::Duration::seconds(1);
+    fn periods_follow_the_local_calendar() {
+        let day = NaiveDate::from_ymd_opt(2026, 1, 31).unwrap();
+        assert_eq!(Period::Day.key(day), "2026-01-31");
+        assert_eq!(Period::Month.key(day), "2026-01");
+        let next = day.succ_opt().unwrap();
         assert_eq!(Period::Day.key(next), "2026-02-01");
         assert_eq!(Period::Month.key(next), "2026-02");
     }

@@ -24,6 +24,7 @@ use crate::engagement::points::{self, Purpose};
 use crate::engagement::support::{
     check_id, check_text, new_id, now_micros, page, page_response, ts,
 };
+use crate::store::ledger_policy;
 
 pub(crate) struct PartnerApi {
     pub rt: Arc<ServiceRuntime>,
@@ -237,13 +238,18 @@ impl PartnerApi {
                 let out = exchange::exchange_out(rate, req.points)
                     .map_err(|e| ServiceError::invalid("points", e))?;
                 let period = Period::parse(&partner.limit_period).unwrap_or(Period::Day);
+                // periods follow the program's calendar (its time zone)
+                let today = ledger_policy::load(&mut **tx, &req.program_id)
+                    .await?
+                    .tz
+                    .local_date(now);
                 use_allowances(
                     tx,
                     &partner,
                     &req.member_id,
                     OUT,
                     out.points_debited,
-                    &period.key(now),
+                    &period.key(today),
                 )
                 .await?;
                 let transfer_id = new_id();
@@ -317,8 +323,20 @@ impl PartnerApi {
                 let credited = exchange::exchange_in(rate, req.partner_units)
                     .map_err(|e| ServiceError::invalid("partner_units", e))?;
                 let period = Period::parse(&partner.limit_period).unwrap_or(Period::Day);
-                use_allowances(tx, &partner, &req.member_id, IN, credited, &period.key(now))
-                    .await?;
+                // periods follow the program's calendar (its time zone)
+                let today = ledger_policy::load(&mut **tx, &req.program_id)
+                    .await?
+                    .tz
+                    .local_date(now);
+                use_allowances(
+                    tx,
+                    &partner,
+                    &req.member_id,
+                    IN,
+                    credited,
+                    &period.key(today),
+                )
+                .await?;
                 let entry_id = points::credit(
                     tx,
                     &req.program_id,
