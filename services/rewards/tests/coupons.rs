@@ -297,6 +297,40 @@ async fn pools_stop_at_their_maximum_and_members_see_only_their_coupons(engine: 
     t.stop().await;
 }
 
+async fn a_burst_of_concurrent_guesses_cannot_pass_the_limit(engine: TestEngine) {
+    let t = start(engine).await;
+    let p = pool(&t, 30, 0).await;
+    let c = issue(&t, &p.pool_id, "m1").await.expect("issue");
+    let pos = testing::backend(PROGRAM);
+    // successful attempts do not use up the budget
+    for _ in 0..25 {
+        validate_as(&t, &pos, &c.code).await.expect("valid code");
+    }
+    let symbols = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
+    let guesses: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                "{}{}{}",
+                "B".repeat(14),
+                char::from(symbols[i % 32]),
+                char::from(symbols[i / 32])
+            )
+        })
+        .collect();
+    let results = join_all(guesses.iter().map(|g| validate_as(&t, &pos, g))).await;
+    let codes: Vec<Code> = results
+        .iter()
+        .map(|r| r.as_ref().map_or_else(Status::code, |_| Code::Ok))
+        .collect();
+    let not_found = codes.iter().filter(|c| **c == Code::NotFound).count();
+    let limited = codes
+        .iter()
+        .filter(|c| **c == Code::ResourceExhausted)
+        .count();
+    assert_eq!((not_found, limited), (20, 20), "{codes:?}");
+    t.stop().await;
+}
+
 test_on_both_engines!(
     a_coupon_is_validated_and_redeemed_exactly_once,
     concurrent_redemptions_of_one_code_let_exactly_one_win,
@@ -304,4 +338,5 @@ test_on_both_engines!(
     repeated_failures_are_rate_limited_per_caller,
     campaign_actions_issue_one_coupon_per_action,
     pools_stop_at_their_maximum_and_members_see_only_their_coupons,
+    a_burst_of_concurrent_guesses_cannot_pass_the_limit,
 );

@@ -132,47 +132,47 @@ fn unusable(c: &CouponRow, now: i64) -> ServiceError {
 }
 
 impl CouponApi {
-    /// Refuses a caller that failed too often in the current window.
-    async fn check_attempts(&self, program_id: &str, caller: &str) -> Result<(), Status> {
-        let now = now_micros(&self.rt);
-        let window = self.attempts.window_start(now);
-        let failures = store::failures(self.rt.db.pool(), program_id, caller, window).await?;
-        match self.attempts.retry_after(failures, now) {
-            Some(wait) => Err(exhausted(wait)),
-            None => Ok(()),
-        }
-    }
-
-    async fn record_failure(&self, program_id: &str, caller: &str) -> Result<(), ServiceError> {
-        let window = self.attempts.window_start(now_micros(&self.rt));
-        let mut tx = self.rt.db.begin().await?;
-        store::record_failure(&mut tx, program_id, caller, window).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Runs a code attempt: refused while the caller is over its limit;
-    /// a failure (bad, unknown or unusable code) is counted.
+    /// Runs a code attempt within the caller's budget of failures: the
+    /// attempt takes a slot before it runs (refused with RESOURCE_EXHAUSTED
+    /// and a retry delay when none is left) and gives it back unless it
+    /// failed on a bad, unknown or unusable code.
     async fn attempt<T, F>(&self, p: &Principal, program_id: &str, work: F) -> Result<T, Status>
     where
         F: Future<Output = Result<T, ServiceError>>,
     {
         let caller = caller_key(p);
-        self.check_attempts(program_id, &caller).await?;
-        match work.await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if matches!(
-                    e,
-                    ServiceError::InvalidArgument(_)
-                        | ServiceError::NotFound { .. }
-                        | ServiceError::FailedPrecondition { .. }
-                ) {
-                    self.record_failure(program_id, &caller).await?;
-                }
-                Err(e.into())
-            }
+        let now = now_micros(&self.rt);
+        let window = self.attempts.window_start(now);
+        let mut tx = self.rt.db.begin().await.map_err(ServiceError::from)?;
+        let taken = store::take_attempt(
+            &mut tx,
+            program_id,
+            &caller,
+            window,
+            self.attempts.max_failures,
+        )
+        .await?;
+        tx.commit().await.map_err(ServiceError::from)?;
+        if !taken {
+            let wait = self
+                .attempts
+                .retry_after(self.attempts.max_failures, now)
+                .unwrap_or(self.attempts.window);
+            return Err(exhausted(wait));
         }
+        let outcome = work.await;
+        let failed = matches!(
+            outcome,
+            Err(ServiceError::InvalidArgument(_)
+                | ServiceError::NotFound { .. }
+                | ServiceError::FailedPrecondition { .. })
+        );
+        if !failed {
+            let mut tx = self.rt.db.begin().await.map_err(ServiceError::from)?;
+            store::give_back_attempt(&mut tx, program_id, &caller, window).await?;
+            tx.commit().await.map_err(ServiceError::from)?;
+        }
+        outcome.map_err(Status::from)
     }
 
     async fn validate(&self, req: &ValidateCouponRequest) -> Result<Coupon, ServiceError> {

@@ -411,37 +411,50 @@ pub async fn list_member_coupons(
     Ok(rows.into_iter().map(coupon).collect())
 }
 
-/// Failures of `caller` in the window starting at `window_start`.
-pub async fn failures(
-    db: &AnyPool,
+/// Takes one attempt of `caller`'s budget for the window starting at
+/// `window_start` if fewer than `max` are used; false when the budget is
+/// spent. An attempt counts while it runs, so a burst of concurrent
+/// guesses cannot pass the limit; a successful one gives its slot back
+/// ([`give_back_attempt`]), a failed one keeps it.
+pub async fn take_attempt(
+    tx: &mut Tx,
     program_id: &str,
     caller: &str,
     window_start: i64,
-) -> Result<i64, ServiceError> {
-    let n: Option<i64> = sqlx::query_scalar(
-        "SELECT failures FROM coupon_attempt_failures \
-         WHERE program_id = $1 AND caller = $2 AND window_start = $3",
+    max: i64,
+) -> Result<bool, ServiceError> {
+    sqlx::query(
+        "INSERT INTO coupon_attempt_failures (program_id, caller, window_start, failures) \
+         VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING",
     )
     .bind(program_id)
     .bind(caller)
     .bind(window_start)
-    .fetch_optional(db)
+    .execute(&mut **tx)
     .await?;
-    Ok(n.unwrap_or(0))
+    let done = sqlx::query(
+        "UPDATE coupon_attempt_failures SET failures = failures + 1 \
+         WHERE program_id = $1 AND caller = $2 AND window_start = $3 AND failures < $4",
+    )
+    .bind(program_id)
+    .bind(caller)
+    .bind(window_start)
+    .bind(max)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
-/// Counts one failure of `caller` (its own transaction: the failed call
-/// itself changes nothing else).
-pub async fn record_failure(
+/// Returns the slot of an attempt that did not fail.
+pub async fn give_back_attempt(
     tx: &mut Tx,
     program_id: &str,
     caller: &str,
     window_start: i64,
 ) -> Result<(), ServiceError> {
     sqlx::query(
-        "INSERT INTO coupon_attempt_failures (program_id, caller, window_start, failures) \
-         VALUES ($1, $2, $3, 1) ON CONFLICT (program_id, caller, window_start) \
-         DO UPDATE SET failures = coupon_attempt_failures.failures + 1",
+        "UPDATE coupon_attempt_failures SET failures = failures - 1 \
+         WHERE program_id = $1 AND caller = $2 AND window_start = $3 AND failures > 0",
     )
     .bind(program_id)
     .bind(caller)
