@@ -114,6 +114,7 @@ impl ApiError {
         Self::new(Code::NotFound, "no such route")
     }
 
+    #[must_use]
     pub fn with_http(mut self, status: StatusCode) -> Self {
         self.http = Some(status);
         self

@@ -58,7 +58,7 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-fn config_err(kind: &str, problem: String) -> GatewayError {
+fn config_err(kind: &str, problem: impl std::fmt::Display) -> GatewayError {
     GatewayError::Config(format!("{kind} JWT keys: {problem}"))
 }
 
@@ -129,7 +129,7 @@ fn issuer(
     let Some(s) = s else { return Ok(None) };
     let keys = load_keys(kind, s)?;
     if keys.is_empty() {
-        return Err(config_err(kind, "no usable public key configured".into()));
+        return Err(config_err(kind, "no usable public key configured"));
     }
     Ok(Some(Arc::new(Issuer {
         kind,

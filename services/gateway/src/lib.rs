@@ -310,6 +310,7 @@ impl Gateway {
     /// internal token of `principal`, the request id and trace context,
     /// the deadline as grpc-timeout, and (for idempotent reads) up to two
     /// retries on UNAVAILABLE.
+    #[allow(clippy::too_many_arguments)] // one call's full context, all needed
     pub(crate) async fn call(
         &self,
         service: &str,
@@ -376,7 +377,15 @@ impl Gateway {
                 .map(tonic::Response::into_inner)
             })
             .await
-            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("deadline exceeded")));
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("deadline exceeded")))
+            // tonic reports its own client-side timeout as CANCELLED
+            .map_err(|s| {
+                if s.code() == tonic::Code::Cancelled && Instant::now() >= until {
+                    tonic::Status::deadline_exceeded("deadline exceeded")
+                } else {
+                    s
+                }
+            });
             match result {
                 Err(s) if s.code() == tonic::Code::Unavailable && attempt < attempts => {
                     tokio::time::sleep(Duration::from_millis(25 * attempt)).await;

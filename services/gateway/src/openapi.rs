@@ -29,7 +29,6 @@ fn wkt_schema(full_name: &str) -> Option<Value> {
         "google.protobuf.Duration" => {
             json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"})
         }
-        "google.protobuf.FieldMask" => json!({"type": "string"}),
         "google.protobuf.Empty" => json!({"type": "object", "additionalProperties": false}),
         "google.protobuf.Struct" => json!({"type": "object"}),
         "google.protobuf.Value" => json!({}),
@@ -37,7 +36,7 @@ fn wkt_schema(full_name: &str) -> Option<Value> {
         "google.protobuf.Any" => {
             json!({"type": "object", "properties": {"@type": {"type": "string"}}})
         }
-        "google.protobuf.StringValue" => json!({"type": "string"}),
+        "google.protobuf.StringValue" | "google.protobuf.FieldMask" => json!({"type": "string"}),
         "google.protobuf.BytesValue" => json!({"type": "string", "format": "byte"}),
         "google.protobuf.BoolValue" => json!({"type": "boolean"}),
         "google.protobuf.Int32Value" | "google.protobuf.UInt32Value" => json!({"type": "integer"}),
@@ -145,7 +144,7 @@ impl Schemas {
             } else {
                 format!("{prefix}.{}", f.name())
             };
-            if skip.iter().any(|s| *s == name) || f.is_map() {
+            if skip.contains(&name) || f.is_map() {
                 continue;
             }
             match f.kind() {
@@ -329,9 +328,9 @@ pub fn docs_page(routes: &[Route]) -> String {
             BodyRule::Field(f) => format!("JSON body: field {f}"),
             BodyRule::None => "query parameters".to_owned(),
         };
-        let _ = write!(
+        let _ = writeln!(
             rows,
-            "<tr><td><code>{}</code></td><td><code>{}</code></td><td><code>{}</code><br><small>{} → {}</small></td><td>{}<br><small>{}</small></td></tr>\n",
+            "<tr><td><code>{}</code></td><td><code>{}</code></td><td><code>{}</code><br><small>{} → {}</small></td><td>{}<br><small>{}</small></td></tr>",
             r.verb,
             escape(&r.template.raw),
             escape(r.method.full_name()),
@@ -342,9 +341,9 @@ pub fn docs_page(routes: &[Route]) -> String {
         );
     }
     let (home_path, _) = crate::home::openapi_operation();
-    let _ = write!(
+    let _ = writeln!(
         rows,
-        "<tr><td><code>GET</code></td><td><code>{}</code></td><td>gateway</td><td>The member home: profile, tier progress, balance, points expiring soon, coupons; each section degrades on its own.</td></tr>\n",
+        "<tr><td><code>GET</code></td><td><code>{}</code></td><td>gateway</td><td>The member home: profile, tier progress, balance, points expiring soon, coupons; each section degrades on its own.</td></tr>",
         escape(home_path)
     );
     format!(

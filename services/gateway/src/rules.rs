@@ -373,13 +373,16 @@ pub fn resolve_field(
     Some(out)
 }
 
+/// A matched route and its bound path variables.
+pub type Match<'a> = (&'a Route, Vec<(String, String)>);
+
 /// The route of a request, if any; `Err(allowed)` when the path exists
 /// under other methods.
 pub fn find<'a>(
     routes: &'a [Route],
     method: &Method,
     path: &str,
-) -> Result<Option<(&'a Route, Vec<(String, String)>)>, Vec<Method>> {
+) -> Result<Option<Match<'a>>, Vec<Method>> {
     let mut allowed = Vec::new();
     for r in routes {
         if let Some(vars) = r.template.matches(path) {

@@ -119,7 +119,7 @@ fn apply_query(
             .ok_or_else(|| ApiError::invalid("query", "malformed percent-encoding"))?;
         let value = percent_decode(v, true)
             .ok_or_else(|| ApiError::invalid(key.clone(), "malformed percent-encoding"))?;
-        if bound.iter().any(|b| *b == key) {
+        if bound.contains(&key) {
             continue;
         }
         if let BodyRule::Field(f) = body
@@ -158,7 +158,9 @@ fn scalar_json(field: &FieldDescriptor, v: &str) -> Result<Value, String> {
     let kname = kind_name(&kind);
     let bad = || format!("{v:?} is not a valid {kname}");
     Ok(match kind {
-        Kind::String | Kind::Bytes => Value::String(v.to_owned()),
+        // strings, bytes (base64) and well-known types with a string JSON
+        // form (Timestamp, Duration, FieldMask…); prost-reflect checks them
+        Kind::String | Kind::Bytes | Kind::Message(_) => Value::String(v.to_owned()),
         Kind::Bool => match v {
             "true" => Value::Bool(true),
             "false" => Value::Bool(false),
@@ -189,9 +191,6 @@ fn scalar_json(field: &FieldDescriptor, v: &str) -> Result<Value, String> {
                 return Err(bad());
             }
         }
-        // well-known types with a string JSON form (Timestamp, Duration,
-        // FieldMask, StringValue…); prost-reflect checks the content
-        Kind::Message(_) => Value::String(v.to_owned()),
     })
 }
 
