@@ -16,15 +16,22 @@ use support::*;
 
 const SERVICES: [&str; 4] = ["membership", "rewards", "feedback", "retention"];
 
-#[tokio::test]
-async fn rest_reaches_every_service_in_canonical_json_with_request_ids() {
-    let suite = Suite::start(&[]).await;
+loyalty_common::test_on_both_engines!(
+    rest_reaches_every_service_in_canonical_json_with_request_ids
+);
+
+async fn rest_reaches_every_service_in_canonical_json_with_request_ids(engine: TestEngine) {
+    let suite = Suite::start_on(engine, &[]).await;
+    let expected_engine = match engine {
+        TestEngine::Sqlite => "sqlite",
+        TestEngine::Postgres => "postgres",
+    };
     for svc in SERVICES {
         let r = get(suite.http, &format!("/v1/{svc}/info"), &[api_key()]).await;
         assert_eq!(r.status, 200, "{svc}: {}", String::from_utf8_lossy(&r.body));
         let body = r.json();
         assert_eq!(body["info"]["service"], svc);
-        assert_eq!(body["info"]["storageEngine"], "sqlite");
+        assert_eq!(body["info"]["storageEngine"], expected_engine);
         // int64 travels as a string in canonical JSON
         assert!(body["info"]["schemaVersion"].is_string(), "{body}");
         assert!(r.header("x-request-id").is_some_and(|v| !v.is_empty()));
@@ -465,5 +472,140 @@ async fn the_route_deadline_reaches_the_call() {
         assert_eq!(r.json()["code"], "DEADLINE_EXCEEDED");
         assert!(took >= Duration::from_millis(290), "{took:?}");
     }
+    suite.stop().await;
+}
+
+/// Records the metadata of every call it receives and serves health (as
+/// the retention service) and nothing else.
+async fn recording_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<tonic::metadata::MetadataMap>>>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(
+            "loyalty.retention.v1.RetentionService",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let interceptor = move |req: tonic::Request<()>| {
+        record.lock().unwrap().push(req.metadata().clone());
+        Ok(req)
+    };
+    tokio::spawn(async move {
+        let _keep = reporter;
+        tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(interceptor))
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn the_verified_principal_request_id_trace_and_deadline_travel_upstream() {
+    let (addr, seen) = recording_upstream().await;
+    let upstream = format!("http://{addr}");
+    let selection = Selection {
+        services: ALL_SERVICES[..3].to_vec(),
+        gateway: true,
+    };
+    let suite = Suite::start_selection(
+        &[
+            ("retention_addr", upstream.as_str()),
+            (
+                "gateway_route_deadlines",
+                "RetentionService.GetServiceInfo=1500ms",
+            ),
+        ],
+        selection,
+    )
+    .await;
+    let member = member_token(PROGRAM, "m1");
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = get(
+        suite.http,
+        "/v1/retention/info",
+        &[
+            bearer(&member),
+            ("x-request-id", "trace-me-1".into()),
+            ("traceparent", tp.into()),
+        ],
+    )
+    .await;
+    // the recording upstream implements no loyalty RPC
+    assert_eq!(r.status, 501, "{}", String::from_utf8_lossy(&r.body));
+    let md = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m.get("x-request-id").is_some_and(|v| v == "trace-me-1"))
+        .cloned()
+        .expect("the call reached the upstream with the request id");
+    assert_eq!(md.get("traceparent").unwrap(), tp);
+    let auth = md.get("authorization").unwrap().to_str().unwrap();
+    let internal = auth.strip_prefix("Bearer ").unwrap();
+    assert_ne!(
+        internal, member,
+        "the external token never travels upstream"
+    );
+    // the internal token carries the verified member, signed with the suite secret
+    let verifier = loyalty_common::auth::Verifier::new(
+        &loyalty_common::auth::Secret::new(SECRET.as_bytes().to_vec()),
+        Vec::new(),
+    );
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", auth.parse().unwrap());
+    assert_eq!(
+        verifier.verify(&headers).unwrap(),
+        loyalty_common::auth::Principal::Member {
+            program_id: PROGRAM.into(),
+            member_id: "m1".into()
+        }
+    );
+    // grpc-timeout: the route's deadline, counted down
+    let t = md.get("grpc-timeout").unwrap().to_str().unwrap();
+    let (n, unit) = t.split_at(t.len() - 1);
+    let n: u64 = n.parse().unwrap();
+    let ms = match unit {
+        "m" => n,
+        "u" => n / 1000,
+        "n" => n / 1_000_000,
+        "S" => n * 1000,
+        other => panic!("unit {other}"),
+    };
+    assert!((1000..=1500).contains(&ms), "{t}");
+
+    // gRPC pass-through: a request id is minted at the first hop
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", suite.http))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = loyalty_proto::loyalty::retention::v1::retention_service_client::RetentionServiceClient::new(channel);
+    let mut req =
+        tonic::Request::new(loyalty_proto::loyalty::retention::v1::GetServiceInfoRequest {});
+    req.metadata_mut()
+        .insert("x-api-key", POS_KEY.parse().unwrap());
+    let before = seen.lock().unwrap().len();
+    let err = client.get_service_info(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    let md = seen.lock().unwrap()[before..]
+        .iter()
+        .find(|m| m.get("x-request-id").is_some())
+        .cloned()
+        .expect("forwarded");
+    assert!(
+        md.get("x-api-key").is_none(),
+        "the API key stays at the edge"
+    );
+    assert!(md.get("traceparent").is_some());
+    assert!(md.get("grpc-timeout").is_some());
     suite.stop().await;
 }

@@ -14,6 +14,7 @@ use loyalty::{Running, Selection, start};
 use loyalty_common::auth::{ApiKeyRecord, Role};
 use loyalty_common::config::{Config, Source};
 use loyalty_common::server::{Shutdown, ShutdownTrigger};
+pub use loyalty_common::testing::TestEngine;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -71,6 +72,19 @@ impl Suite {
         Self::start_selection(extra, Selection::suite()).await
     }
 
+    /// The whole suite on SQLite files or on fresh PostgreSQL databases.
+    pub async fn start_on(engine: TestEngine, extra: &[(&str, &str)]) -> Self {
+        let url = match engine {
+            TestEngine::Sqlite => None,
+            TestEngine::Postgres => Some(postgres_databases().await),
+        };
+        let mut all: Vec<(&str, &str)> = extra.to_vec();
+        if let Some(u) = &url {
+            all.push(("database_url", u.as_str()));
+        }
+        Self::start_selection(&all, Selection::suite()).await
+    }
+
     pub async fn start_selection(extra: &[(&str, &str)], selection: Selection) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path(), extra);
@@ -101,6 +115,26 @@ impl Suite {
                 .expect("stops cleanly");
         }
     }
+}
+
+/// Four fresh databases `loyalty_test_<id>_<service>`; the URL template.
+pub async fn postgres_databases() -> String {
+    use sqlx::Connection;
+    let admin = std::env::var(loyalty_common::testing::POSTGRES_ENV)
+        .expect("LOYALTY_TEST_POSTGRES_URL for the PostgreSQL variant");
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&admin).await.unwrap();
+    for s in ["membership", "rewards", "feedback", "retention"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE loyalty_test_{id}_{s}"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let base = admin.rsplit_once('/').unwrap().0;
+    format!("{base}/loyalty_test_{id}_{{service}}")
 }
 
 fn now() -> i64 {
