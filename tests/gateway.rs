@@ -609,3 +609,79 @@ async fn the_verified_principal_request_id_trace_and_deadline_travel_upstream() 
     assert!(md.get("grpc-timeout").is_some());
     suite.stop().await;
 }
+
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_names_routes_never_ids_query_values_or_tokens() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .try_init()
+        .expect("the only subscriber of this test binary");
+    let suite = Suite::start(&[]).await;
+    let token = member_token(PROGRAM, "member-7f3e");
+    let r = get(
+        suite.http,
+        "/v1/programs/p1/members/member-7f3e/home?note=purple-secret",
+        &[bearer(&token), ("x-request-id", "log-check-1".into())],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = get(
+        suite.http,
+        "/v1/rewards/info?colour=green-secret",
+        &[api_key(), ("x-request-id", "log-check-2".into())],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    suite.stop().await;
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let access: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("loyalty_gateway::access"))
+        .collect();
+    let home = access
+        .iter()
+        .find(|l| l.contains("log-check-1"))
+        .expect("one access line per request");
+    assert!(
+        home.contains("/v1/programs/{program_id}/members/{member_id}/home"),
+        "{home}"
+    );
+    assert!(home.contains("status=200"), "{home}");
+    assert!(
+        home.contains("principal=\"member\"") || home.contains("principal=member"),
+        "{home}"
+    );
+    let info = access.iter().find(|l| l.contains("log-check-2")).unwrap();
+    assert!(
+        info.contains("GET /v1/rewards/info") && info.contains("status=400"),
+        "{info}"
+    );
+    for line in &access {
+        for secret in [
+            "member-7f3e",
+            "purple-secret",
+            "green-secret",
+            token.as_str(),
+            POS_KEY,
+        ] {
+            assert!(!line.contains(secret), "{secret} leaked into {line}");
+        }
+    }
+}
