@@ -23,51 +23,38 @@ use crate::{AccessInfo, Gateway, authz, principal_kind, rules};
 
 pub const ROUTE: &str = "/v1/programs/{program_id}/members/{member_id}/home";
 
-/// A section: its name and the RPCs that can fill it, first found wins.
+/// A section: its name and the RPCs that can fill it (`package.Method`,
+/// any service of the package), first found wins.
 const SECTIONS: &[(&str, &[&str])] = &[
-    (
-        "profile",
-        &["loyalty.membership.v1.MembershipService.GetMember"],
-    ),
-    (
-        "tierProgress",
-        &[
-            "loyalty.membership.v1.MembershipService.GetTierProgress",
-            "loyalty.membership.v1.MembershipService.GetMemberTier",
-        ],
-    ),
-    ("balance", &["loyalty.rewards.v1.RewardsService.GetBalance"]),
-    (
-        "expiringPoints",
-        &[
-            "loyalty.rewards.v1.RewardsService.ListExpiringPoints",
-            "loyalty.rewards.v1.RewardsService.GetExpiringPoints",
-        ],
-    ),
-    (
-        "coupons",
-        &[
-            "loyalty.rewards.v1.RewardsService.ListCoupons",
-            "loyalty.rewards.v1.RewardsService.ListMemberCoupons",
-        ],
-    ),
+    ("profile", &["loyalty.membership.v1.GetMember"]),
+    ("tierProgress", &["loyalty.membership.v1.GetTierProgress"]),
+    // the balance carries the points expiring soon and the next expiry
+    ("balance", &["loyalty.rewards.v1.GetBalance"]),
+    ("coupons", &["loyalty.rewards.v1.ListMemberCoupons"]),
+    ("badges", &["loyalty.rewards.v1.ListMemberBadges"]),
     (
         "openSurveys",
-        &["loyalty.feedback.v1.FeedbackService.ListOpenSurveys"],
+        &[
+            "loyalty.feedback.v1.ListOpenSurveys",
+            "loyalty.feedback.v1.ListMemberSurveys",
+        ],
     ),
     (
         "tickets",
-        &["loyalty.feedback.v1.FeedbackService.ListTickets"],
+        &[
+            "loyalty.feedback.v1.ListMemberTickets",
+            "loyalty.feedback.v1.ListTickets",
+        ],
     ),
 ];
 
 fn find_method(names: &[&str]) -> Option<MethodDescriptor> {
     let pool = loyalty_proto::descriptor_pool();
     names.iter().find_map(|full| {
-        let (svc, m) = full.rsplit_once('.')?;
-        pool.get_service_by_name(svc)?
-            .methods()
-            .find(|x| x.name() == m)
+        let (package, m) = full.rsplit_once('.')?;
+        pool.services()
+            .filter(|s| s.package_name() == package)
+            .find_map(|s| s.methods().find(|x| x.name() == m))
     })
 }
 
