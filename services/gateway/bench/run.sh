@@ -23,7 +23,7 @@ LOYALTY_API_KEYS="bench:dev:backend:$hash" LOYALTY_LOG=warn LOYALTY_GATEWAY_RATE
 suite=$!
 "$bin/examples/bench_hello" 127.0.0.1:50090 >"$work/hello.log" 2>&1 &
 hello=$!
-trap 'kill $suite $hello 2>/dev/null; wait $suite $hello 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $suite $hello 2>/dev/null; wait $suite $hello 2>/dev/null; rm -rf "$work"; true' EXIT
 for _ in $(seq 100); do curl -sf http://127.0.0.1:8081/readyz >/dev/null && break; sleep 0.2; done
 printf '%s' "$BODY_HEX" | xxd -r -p >"$work/frame"
 # every measured call must succeed: check the gRPC status once per target
