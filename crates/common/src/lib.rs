@@ -1,15 +1,18 @@
 //! What every loyalty service shares, so that each thing is done one way
 //! across the platform: typed configuration, telemetry, storage, the error
 //! mapping to gRPC status, serving (health, reflection, request ids,
-//! deadlines, graceful shutdown), caller identity, idempotency, domain
-//! events (outbox, relay, inbox, in-process and NATS JetStream buses) and
-//! scheduled jobs.
+//! deadlines, graceful shutdown), caller identity, idempotency, group commit,
+//! domain events (outbox, relay, inbox, in-process and NATS JetStream buses)
+//! and scheduled jobs.
 
 pub mod auth;
+pub mod calendar;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod group_commit;
 pub mod housekeeping;
 pub mod idempotency;
 pub mod jobs;

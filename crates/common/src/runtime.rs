@@ -8,6 +8,7 @@ use std::sync::Arc;
 use loyalty_proto::common::ServiceInfo;
 
 use crate::ServiceError;
+use crate::clock::Clock;
 use crate::db::{Db, Migrations};
 use crate::events::{Consumer, EventBus, OutboxNotifier};
 use crate::jobs::{Job, Schedule};
@@ -56,6 +57,8 @@ pub struct ServiceRuntime {
     pub bus: Arc<dyn EventBus>,
     /// Wake the relay after committing events: `rt.outbox.notify()`.
     pub outbox: OutboxNotifier,
+    /// The time domain decisions use (system time; tests move it).
+    pub clock: Clock,
     migrations: &'static [Migrations],
 }
 
@@ -75,8 +78,16 @@ impl ServiceRuntime {
             db,
             bus,
             outbox: OutboxNotifier::new(),
+            clock: Clock::system(),
             migrations: def.migrations,
         }
+    }
+
+    /// The same runtime deciding by `clock` (tests: a manual clock).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// What this replica is: version, storage engine, event transport,

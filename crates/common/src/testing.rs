@@ -116,3 +116,226 @@ macro_rules! __paste_engines {
         )*
     };
 }
+
+/// Principals for tests: a program admin of `program`.
+pub fn staff(program: &str) -> crate::auth::Principal {
+    staff_with(program, &[crate::auth::Role::ProgramAdmin])
+}
+
+/// A staff principal of `program` holding `roles`.
+pub fn staff_with(program: &str, roles: &[crate::auth::Role]) -> crate::auth::Principal {
+    crate::auth::Principal::Staff {
+        program_id: program.to_owned(),
+        subject: "test-staff".to_owned(),
+        roles: roles.to_vec(),
+    }
+}
+
+/// A member acting for themselves.
+pub fn member(program: &str, member_id: &str) -> crate::auth::Principal {
+    crate::auth::Principal::Member {
+        program_id: program.to_owned(),
+        member_id: member_id.to_owned(),
+    }
+}
+
+/// A backend system (POS, order system) of `program`.
+pub fn backend(program: &str) -> crate::auth::Principal {
+    crate::auth::Principal::System {
+        program_id: program.to_owned(),
+        key_id: "test-backend".to_owned(),
+        role: crate::auth::Role::Backend,
+    }
+}
+
+/// One or more services started as the launcher starts them (their own
+/// fresh databases, the in-process bus, consumers subscribed before relays,
+/// auth, health, reflection) on an ephemeral port, deciding by a manual
+/// [`Clock`](crate::clock::Clock) that starts at the real now. Scheduled
+/// jobs are not started: tests trigger them.
+pub struct TestService {
+    addr: std::net::SocketAddr,
+    channel: tonic::transport::Channel,
+    runtimes: Vec<std::sync::Arc<crate::runtime::ServiceRuntime>>,
+    bus: std::sync::Arc<dyn crate::events::EventBus>,
+    clock: crate::clock::Clock,
+    minter: crate::auth::Minter,
+    trigger: crate::server::ShutdownTrigger,
+    tasks: tokio::task::JoinSet<()>,
+    _dbs: Vec<TestDb>,
+}
+
+impl std::fmt::Debug for TestService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestService")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestService {
+    /// Starts `defs` on `engine`; panics with the cause if anything fails.
+    pub async fn start(defs: &[crate::runtime::ServiceDef], engine: TestEngine) -> Self {
+        use std::sync::Arc;
+
+        use crate::auth::{Minter, Secret, Verifier};
+        use crate::events::{EventBus, InProcessBus, Relay};
+        use crate::runtime::ServiceRuntime;
+        use crate::server::{GrpcServer, Shutdown};
+
+        let secret = Secret::new(uuid::Uuid::new_v4().as_bytes().repeat(2));
+        let verifier = Arc::new(Verifier::new(&secret, Vec::new()));
+        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new());
+        let clock = crate::clock::Clock::manual(chrono::Utc::now());
+        let (trigger, shutdown) = Shutdown::new();
+        let mut server = GrpcServer::new(
+            verifier,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(5),
+        );
+        let mut runtimes = Vec::new();
+        let mut dbs = Vec::new();
+        for def in defs {
+            let db = engine.database(def.migrations).await;
+            let rt = Arc::new(
+                ServiceRuntime::new(def, db.db.clone(), bus.clone()).with_clock(clock.clone()),
+            );
+            (def.register)(rt.clone(), &mut server);
+            for consumer in (def.consumers)(&rt) {
+                bus.subscribe(Arc::new(consumer), shutdown.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("subscribe {} consumer: {e}", def.name));
+            }
+            runtimes.push(rt);
+            dbs.push(db);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for rt in &runtimes {
+            let relay = Relay::new(rt.name, rt.db.clone(), bus.clone())
+                .with_notifier(rt.outbox.clone())
+                .with_poll_interval(std::time::Duration::from_millis(20));
+            tasks.spawn(relay.run(shutdown.clone()));
+        }
+        let (addr, serve) = server
+            .bind("127.0.0.1:0".parse().expect("loopback"), shutdown)
+            .await
+            .unwrap_or_else(|e| panic!("bind test server: {e}"));
+        tasks.spawn(async move {
+            if let Err(e) = serve.await {
+                panic!("test server failed: {e}");
+            }
+        });
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to test server: {e}"));
+        Self {
+            addr,
+            channel,
+            runtimes,
+            bus,
+            clock,
+            minter: Minter::new(secret),
+            trigger,
+            tasks,
+            _dbs: dbs,
+        }
+    }
+
+    /// Where the gRPC server listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// A channel to the server (cheap to clone; HTTP/2 multiplexed).
+    pub fn channel(&self) -> tonic::transport::Channel {
+        self.channel.clone()
+    }
+
+    /// The runtime of the service named `name`.
+    pub fn rt(&self, name: &str) -> &std::sync::Arc<crate::runtime::ServiceRuntime> {
+        self.runtimes
+            .iter()
+            .find(|rt| rt.name == name)
+            .unwrap_or_else(|| panic!("service {name} is not started in this test"))
+    }
+
+    /// The manual clock every started service decides by.
+    pub fn clock(&self) -> &crate::clock::Clock {
+        &self.clock
+    }
+
+    /// An internal token for `principal`, as the gateway would mint it.
+    pub fn token(&self, principal: &crate::auth::Principal) -> String {
+        self.minter
+            .mint(principal, std::time::Duration::from_secs(3600))
+            .expect("mint test token")
+    }
+
+    /// `msg` as a request from `principal`.
+    pub fn request<T>(&self, msg: T, principal: &crate::auth::Principal) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        let value = format!("Bearer {}", self.token(principal))
+            .parse()
+            .expect("ascii token");
+        req.metadata_mut().insert("authorization", value);
+        req
+    }
+
+    /// Puts `events` on the bus as if another service had produced them;
+    /// returns once every subscribed consumer applied them.
+    pub async fn publish(&self, events: &[loyalty_proto::events::EventEnvelope]) {
+        self.bus
+            .publish(events)
+            .await
+            .unwrap_or_else(|e| panic!("publish test events: {e}"));
+    }
+
+    /// Every event `service` has written to its outbox, in commit order.
+    pub async fn outbox(&self, service: &str) -> Vec<loyalty_proto::events::EventEnvelope> {
+        use prost::Message;
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM outbox ORDER BY seq")
+            .fetch_all(self.rt(service).db.pool())
+            .await
+            .unwrap_or_else(|e| panic!("read {service} outbox: {e}"));
+        rows.iter()
+            .map(|b| loyalty_proto::events::EventEnvelope::decode(b.as_slice()).expect("envelope"))
+            .collect()
+    }
+
+    /// Waits until every started service's outbox is published (so, on the
+    /// in-process bus, applied by every consumer); panics after 10 s.
+    pub async fn settle(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        for rt in &self.runtimes {
+            loop {
+                rt.outbox.notify();
+                let pending = crate::events::outbox::pending(&rt.db)
+                    .await
+                    .unwrap_or_else(|e| panic!("read {} outbox: {e}", rt.name));
+                if pending == 0 {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} still has {pending} unpublished events after 10 s",
+                    rt.name
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// Stops the server and relays (flushing what is pending).
+    pub async fn stop(mut self) {
+        self.trigger.fire();
+        while let Some(res) = self.tasks.join_next().await {
+            if let Err(e) = res
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! Group commit for durable writes: concurrent callers' small transactions
+//! share one database transaction, so many writes pay for one durable
+//! commit (one fsync) instead of one each.
+//!
+//! Each caller hands [`GroupCommitter::run`] a unit of work and a key (the
+//! member id, say). A writer task takes everything queued for it (up to
+//! `max_batch`) as one batch, begins ONE transaction, runs every item inside
+//! its own `SAVEPOINT`, and commits once. An item that fails is rolled back
+//! to its savepoint and gets its own error; the others are unaffected. Every
+//! caller gets its answer only after the commit succeeded: an `Ok` means
+//! durable, exactly as with a transaction of its own.
+//!
+//! - **Retries.** If the batch as a whole fails (begin or commit error, a
+//!   deadlock or serialization failure reported by the database, a lost
+//!   connection), the whole batch is rolled back and run again, up to
+//!   [`MAX_ATTEMPTS`] times, which is why work is `Fn` and not `FnOnce`;
+//!   then each caller gets `Unavailable`. A connection lost while COMMIT
+//!   was in flight leaves its outcome unknown: the retry may then run items
+//!   whose first attempt did commit. Items must therefore be idempotent (an
+//!   idempotency key or natural key claimed inside the work), which every
+//!   write on the platform is anyway; the retry then replays.
+//! - **Ordering per key.** Items with the same key always go to the same
+//!   writer (`hash(key) % writers`), so one member's writes never race each
+//!   other across writers. Items touching several keys (a transfer between
+//!   two members) can still meet another writer's batch on the same rows;
+//!   the database then detects the deadlock and the victim batch is retried.
+//! - **Pipelining.** While a writer's batch runs and commits, the next batch
+//!   forms in its queue; several writers (PostgreSQL) commit in parallel on
+//!   their own connections. On SQLite there is one write connection, so
+//!   `writers` is forced to 1.
+//! - **Shutdown.** Once queued, an item runs even if its caller stops
+//!   waiting. Dropping the committer closes the queues; the writers drain
+//!   what is queued, then stop ([`GroupCommitter::shutdown`] also waits for
+//!   that).
+//!
+//! Work runs in the batch's transaction and must not call `db.begin()`
+//! itself (on SQLite that waits for the writer it is running on), nor
+//! change the transaction (no COMMIT, no isolation level).
+//!
+//! Consumers ([`crate::events::inbox`]) group-commit differently on purpose:
+//! events of a key must apply in order, so a failing event stops the group
+//! and the rest are replayed one by one behind it, whereas items here are
+//! independent requests.
+
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use opentelemetry::metrics::{Counter, Histogram};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::ServiceError;
+use crate::db::{Db, Engine, Tx};
+use crate::idempotency::WorkFuture;
+
+/// Attempts of one batch before its callers get `Unavailable`.
+pub const MAX_ATTEMPTS: u32 = 4;
+/// Pause before the first retry of a batch; doubled at each further one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+
+/// How many writers commit in parallel and how large a batch may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommitSettings {
+    /// Writer tasks, each committing its own batches on its own connection
+    /// (forced to 1 on SQLite).
+    pub writers: usize,
+    /// Most items in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for GroupCommitSettings {
+    fn default() -> Self {
+        Self {
+            writers: 2,
+            max_batch: 128,
+        }
+    }
+}
+
+/// Counters since the committer started (also exported as metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    /// Batches committed.
+    pub batches: u64,
+    /// Items in committed batches (failed items included: they were
+    /// answered after the commit like the others).
+    pub items: u64,
+    /// Batch attempts that failed and were run again.
+    pub retries: u64,
+    /// Batches given up after [`MAX_ATTEMPTS`].
+    pub failed_batches: u64,
+}
+
+/// Coalesces concurrent writes into group commits; see the module docs.
+pub struct GroupCommitter {
+    queues: Vec<mpsc::Sender<Box<dyn Pending>>>,
+    writers: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for GroupCommitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommitter")
+            .field("writers", &self.queues.len())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    batches: AtomicU64,
+    items: AtomicU64,
+    retries: AtomicU64,
+    failed_batches: AtomicU64,
+    /// Batches taken from the queues so far.
+    taken: AtomicU64,
+    /// Test hook: commits of batches taken from `fail_from` on fail, this
+    /// many times.
+    fail_from: AtomicU64,
+    fail_commits: AtomicU64,
+}
+
+impl GroupCommitter {
+    /// Spawns the writer tasks (needs a Tokio runtime).
+    pub fn new(db: Db, settings: GroupCommitSettings) -> Self {
+        let writers = match db.engine() {
+            Engine::Sqlite => 1,
+            Engine::Postgres => settings.writers.max(1),
+        };
+        let max_batch = settings.max_batch.max(1);
+        let shared = Arc::new(Shared::default());
+        let mut queues = Vec::with_capacity(writers);
+        let mut handles = Vec::with_capacity(writers);
+        for db in std::iter::repeat_n(db, writers) {
+            // room for two batches: one forming while one commits; beyond
+            // that callers wait to enqueue (backpressure)
+            let (tx, rx) = mpsc::channel(max_batch * 2);
+            queues.push(tx);
+            handles.push(tokio::spawn(writer(db, rx, max_batch, shared.clone())));
+        }
+        Self {
+            queues,
+            writers: handles,
+            shared,
+        }
+    }
+
+    /// Runs `work` in the next batch of the writer owning `key` and returns
+    /// its answer once that batch has committed. Errors of the work come
+    /// back as they are (its writes are rolled back, other items commit);
+    /// a batch that cannot be committed gives `Unavailable`.
+    ///
+    /// `work` may run more than once (batch retries), each time in a fresh
+    /// transaction, so it clones what it needs:
+    /// `move |tx| { let id = id.clone(); Box::pin(async move { …; Ok(answer) }) }`.
+    pub async fn run<T, F>(&self, key: &str, work: F) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: for<'t> Fn(&'t mut Tx) -> WorkFuture<'t, T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Job {
+            work,
+            outcome: None,
+            reply,
+        });
+        let queue = &self.queues[writer_of(key, self.queues.len())];
+        queue
+            .send(job)
+            .await
+            .map_err(|_| ServiceError::Unavailable("group commit writer stopped".into()))?;
+        answer.await.unwrap_or_else(|_| {
+            Err(ServiceError::Unavailable(
+                "group commit writer stopped before answering".into(),
+            ))
+        })
+    }
+
+    /// Items waiting in the queues (not yet taken into a batch).
+    pub fn queued(&self) -> usize {
+        self.queues
+            .iter()
+            .map(|q| q.max_capacity() - q.capacity())
+            .sum()
+    }
+
+    /// Writer tasks actually running (1 on SQLite).
+    pub fn writers(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn stats(&self) -> GroupCommitStats {
+        let s = &self.shared;
+        GroupCommitStats {
+            batches: s.batches.load(Ordering::Relaxed),
+            items: s.items.load(Ordering::Relaxed),
+            retries: s.retries.load(Ordering::Relaxed),
+            failed_batches: s.failed_batches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops taking work, lets the writers finish what is queued, and
+    /// waits for them.
+    pub async fn shutdown(mut self) {
+        self.queues.clear();
+        for w in std::mem::take(&mut self.writers) {
+            if let Err(e) = w.await {
+                tracing::error!(error = %e, "group commit writer ended abnormally");
+            }
+        }
+    }
+
+    /// Test hook: the next `n` commits of batches taken from the queues
+    /// after this call fail as a transient error would (rolled back
+    /// instead of committed), so tests can prove that a retried batch
+    /// applies each item exactly once. A batch already running is spared.
+    #[cfg(feature = "testing")]
+    pub fn fail_next_commits(&self, n: u64) {
+        let s = &self.shared;
+        s.fail_from
+            .store(s.taken.load(Ordering::SeqCst), Ordering::SeqCst);
+        s.fail_commits.store(n, Ordering::SeqCst);
+    }
+}
+
+/// The writer owning `key`: stable for the life of the process.
+fn writer_of(key: &str, writers: usize) -> usize {
+    if writers == 1 {
+        return 0;
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % writers as u64) as usize
+}
+
+/// What one run of an item's work came to.
+enum Attempt {
+    /// Done; its writes stay.
+    Done,
+    /// The work refused; its writes are undone, its error is its answer.
+    Refused,
+    /// The database reported a failure of the whole transaction.
+    Transient(String),
+}
+
+/// A queued item with its answer type erased.
+trait Pending: Send {
+    /// Runs the work once in `tx`, keeping its answer for later.
+    fn attempt<'t>(
+        &'t mut self,
+        tx: &'t mut Tx,
+    ) -> Pin<Box<dyn Future<Output = Attempt> + Send + 't>>;
+    /// Sends the kept answer (after the commit).
+    fn answer(self: Box<Self>);
+    /// Sends `err` instead (the batch could not be committed).
+    fn fail(self: Box<Self>, err: ServiceError);
+}
+
+struct Job<T, F> {
+    work: F,
+    outcome: Option<Result<T, ServiceError>>,
+    reply: oneshot::Sender<Result<T, ServiceError>>,
+}
+
+impl<T, F> Pending for Job<T, F>
+where
+    T: Send + 'static,
+    F: for<'t> Fn(&'t mut Tx) -> WorkFuture<'t, T> + Send + 'static,
+{
+    fn attempt<'t>(
+        &'t mut self,
+        tx: &'t mut Tx,
+    ) -> Pin<Box<dyn Future<Output = Attempt> + Send + 't>> {
+        Box::pin(async move {
+            let run = AssertUnwindSafe((self.work)(tx)).catch_unwind().await;
+            let result =
+                run.unwrap_or_else(|_| Err(ServiceError::internal("group commit work panicked")));
+            match result {
+                Ok(v) => {
+                    self.outcome = Some(Ok(v));
+                    Attempt::Done
+                }
+                Err(e) => {
+                    if let Some(why) = transient(&e) {
+                        self.outcome = None;
+                        Attempt::Transient(why)
+                    } else {
+                        self.outcome = Some(Err(e));
+                        Attempt::Refused
+                    }
+                }
+            }
+        })
+    }
+
+    fn answer(self: Box<Self>) {
+        let outcome = self
+            .outcome
+            .unwrap_or_else(|| Err(ServiceError::internal("group commit item was never run")));
+        // a caller that stopped waiting is no error: its work committed
+        let _ = self.reply.send(outcome);
+    }
+
+    fn fail(self: Box<Self>, err: ServiceError) {
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+/// Why `err` means the whole transaction failed and is worth running
+/// again: deadlock or serialization failure (PostgreSQL), busy or locked
+/// (SQLite), or a lost connection.
+fn transient(err: &ServiceError) -> Option<String> {
+    let ServiceError::Internal(source) = err else {
+        return None;
+    };
+    let sql = source.downcast_ref::<sqlx::Error>()?;
+    transient_sql(sql).then(|| sql.to_string())
+}
+
+fn transient_sql(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            matches!(
+                code.as_ref(),
+                // PostgreSQL: serialization_failure, deadlock_detected
+                "40001" | "40P01"
+                // SQLite: BUSY, LOCKED and their extended codes
+                | "5" | "6" | "261" | "517" | "262"
+            )
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        _ => false,
+    }
+}
+
+async fn writer(
+    db: Db,
+    mut rx: mpsc::Receiver<Box<dyn Pending>>,
+    max_batch: usize,
+    shared: Arc<Shared>,
+) {
+    let mut batch: Vec<Box<dyn Pending>> = Vec::with_capacity(max_batch);
+    // recv_many waits for one item, then takes whatever else is queued
+    while rx.recv_many(&mut batch, max_batch).await > 0 {
+        let seq = shared.taken.fetch_add(1, Ordering::SeqCst);
+        commit_with_retries(&db, &mut batch, &shared, seq).await;
+    }
+}
+
+/// Runs and commits `batch`, retrying the whole of it on transient
+/// failures, then answers (and empties) it.
+async fn commit_with_retries(
+    db: &Db,
+    batch: &mut Vec<Box<dyn Pending>>,
+    shared: &Shared,
+    seq: u64,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match run_batch(db, batch, shared, seq).await {
+            Ok(()) => {
+                shared.batches.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .items
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                metrics().batch_size.record(batch.len() as u64, &[]);
+                for job in batch.drain(..) {
+                    job.answer();
+                }
+                return;
+            }
+            Err(why) if attempt < MAX_ATTEMPTS => {
+                tracing::warn!(attempt, items = batch.len(), error = %why, "group commit batch failed; retrying");
+                shared.retries.fetch_add(1, Ordering::Relaxed);
+                metrics().retries.add(1, &[]);
+                // jitter keeps two deadlocked writers from meeting again
+                let jitter = Duration::from_micros(rand::random_range(0..1000));
+                tokio::time::sleep(backoff + jitter).await;
+                backoff = backoff.saturating_mul(2);
+                attempt += 1;
+            }
+            Err(why) => {
+                tracing::error!(attempts = attempt, items = batch.len(), error = %why, "group commit batch failed; giving up");
+                shared.failed_batches.fetch_add(1, Ordering::Relaxed);
+                metrics().failed.add(1, &[]);
+                for job in batch.drain(..) {
+                    job.fail(ServiceError::Unavailable(
+                        "the write could not be committed; try again".into(),
+                    ));
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// One attempt: every item in its savepoint, one commit. `Err` when the
+/// transaction as a whole failed (nothing of it committed).
+async fn run_batch(
+    db: &Db,
+    batch: &mut [Box<dyn Pending>],
+    shared: &Shared,
+    seq: u64,
+) -> Result<(), String> {
+    let mut tx = db.begin().await.map_err(|e| e.to_string())?;
+    // a lone item needs no savepoint: if it refuses, the transaction goes
+    if let [only] = batch {
+        return match only.attempt(&mut tx).await {
+            Attempt::Done => commit(tx, shared, seq).await,
+            Attempt::Refused => {
+                // nothing to keep; a failed rollback is a closed connection,
+                // which rolls back too
+                let _ = tx.rollback().await;
+                Ok(())
+            }
+            Attempt::Transient(why) => Err(why),
+        };
+    }
+    for (i, job) in batch.iter_mut().enumerate() {
+        exec(&mut tx, &format!("SAVEPOINT gc_{i}")).await?;
+        match job.attempt(&mut tx).await {
+            Attempt::Done => {}
+            Attempt::Refused => exec(&mut tx, &format!("ROLLBACK TO SAVEPOINT gc_{i}")).await?,
+            Attempt::Transient(why) => return Err(why),
+        }
+        exec(&mut tx, &format!("RELEASE SAVEPOINT gc_{i}")).await?;
+    }
+    commit(tx, shared, seq).await
+}
+
+async fn commit(tx: Tx, shared: &Shared, seq: u64) -> Result<(), String> {
+    let injected = seq >= shared.fail_from.load(Ordering::SeqCst)
+        && shared
+            .fail_commits
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+    if injected {
+        let _ = tx.rollback().await;
+        return Err("injected commit failure".into());
+    }
+    tx.commit().await.map_err(|e| e.to_string())
+}
+
+async fn exec(tx: &mut Tx, sql: &str) -> Result<(), String> {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+struct Instruments {
+    batch_size: Histogram<u64>,
+    retries: Counter<u64>,
+    failed: Counter<u64>,
+}
+
+fn metrics() -> &'static Instruments {
+    static I: OnceLock<Instruments> = OnceLock::new();
+    I.get_or_init(|| {
+        let meter = opentelemetry::global::meter("loyalty.group_commit");
+        Instruments {
+            batch_size: meter
+                .u64_histogram("group_commit.batch.size")
+                .with_description("items committed together in one transaction")
+                .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
+                .build(),
+            retries: meter
+                .u64_counter("group_commit.retries")
+                .with_description("batches rolled back by a transient failure and run again")
+                .build(),
+            failed: meter
+                .u64_counter("group_commit.failed")
+                .with_description(
+                    "batches given up after the last attempt (callers got UNAVAILABLE)",
+                )
+                .build(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_always_goes_to_the_same_writer() {
+        for key in ["m-1", "m-2", "member-42", ""] {
+            let w = writer_of(key, 4);
+            assert!(w < 4);
+            assert_eq!(writer_of(key, 4), w);
+        }
+        let spread: std::collections::HashSet<_> =
+            (0..64).map(|i| writer_of(&format!("m-{i}"), 4)).collect();
+        assert_eq!(spread.len(), 4, "keys spread over every writer");
+    }
+
+    #[test]
+    fn only_whole_transaction_failures_are_retried() {
+        assert!(
+            transient(&ServiceError::from(sqlx::Error::PoolTimedOut)).is_none(),
+            "mapped to Unavailable, an answer"
+        );
+        assert!(transient(&ServiceError::internal(sqlx::Error::WorkerCrashed)).is_some());
+        assert!(transient(&ServiceError::internal(sqlx::Error::RowNotFound)).is_none());
+        assert!(transient(&ServiceError::invalid("points", "too many")).is_none());
+    }
+}
