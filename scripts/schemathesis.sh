@@ -49,6 +49,7 @@ curl -sf "$base/openapi.json" >"$data/openapi.json"
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --max-examples "${SCHEMATHESIS_EXAMPLES:-30}" \
   --seed 1 \
+  --generation-database none \
   --workers 2 \
   --request-timeout 10 \
   --no-color
