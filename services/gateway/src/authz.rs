@@ -1,8 +1,11 @@
 //! Object-level authorisation at the edge, as defence in depth (services
 //! check again): every `member_id` a member's request carries, in path,
 //! query or body, at any depth, must be the member's own; every
-//! `program_id` must be the caller's program; program-level writes need a
-//! program_admin (staff) or a backend key; analysts only read. Refusals are
+//! `program_id` must be the caller's program; a member writes only through
+//! routes addressed to a member (`…/members/{member_id}…`), never through
+//! program-level ones (recording purchases, issuing coupons); program-level
+//! writes need a program_admin (staff) or a backend key; analysts only
+//! read. Refusals are
 //! the one PERMISSION_DENIED that never says whether the object exists.
 //! The page-size cap is enforced in the same walk.
 
@@ -18,15 +21,26 @@ pub struct RpcShape {
     pub member_scoped: bool,
     /// The RPC only reads (GET).
     pub read: bool,
+    /// The route addresses one member's resource (binds `member_id` in its path).
+    pub member_path: bool,
 }
 
 impl RpcShape {
-    pub fn of(method: &MethodDescriptor, read: bool) -> Self {
+    pub fn of(method: &MethodDescriptor, read: bool, member_path: bool) -> Self {
         Self {
             member_scoped: has_member_field(&method.input(), 0),
             read,
+            member_path,
         }
     }
+}
+
+/// Whether a route template binds a member id.
+pub fn binds_member(template: &crate::rules::Template) -> bool {
+    template
+        .vars
+        .iter()
+        .any(|v| v.field == "member_id" || v.field.ends_with(".member_id"))
 }
 
 fn has_member_field(desc: &MessageDescriptor, depth: usize) -> bool {
@@ -47,7 +61,7 @@ pub fn check(
     page_size_max: i64,
 ) -> Result<(), ApiError> {
     match principal {
-        Principal::Member { .. } if !shape.member_scoped && !shape.read => {
+        Principal::Member { .. } if !(shape.read || shape.member_scoped && shape.member_path) => {
             return Err(ApiError::denied());
         }
         Principal::Staff { roles, .. } => {
@@ -158,6 +172,7 @@ mod tests {
         let shape = RpcShape {
             member_scoped: true,
             read: true,
+            member_path: true,
         };
         assert!(check(&me(), shape, &member_ref("p1", "m1"), 100).is_ok());
         let e = check(&me(), shape, &member_ref("p1", "m2"), 100).unwrap_err();
@@ -177,6 +192,7 @@ mod tests {
         let program_write = RpcShape {
             member_scoped: false,
             read: false,
+            member_path: false,
         };
         let m = member_ref("p1", "");
         assert!(check(&me(), program_write, &m, 100).is_err());
@@ -190,8 +206,16 @@ mod tests {
         let member_write = RpcShape {
             member_scoped: true,
             read: false,
+            member_path: true,
         };
         assert!(check(&staff(vec![Role::SupportAgent]), member_write, &m, 100).is_ok());
+        assert!(check(&me(), member_write, &member_ref("p1", "m1"), 100).is_ok());
+        // a member never writes through a program-level route (purchases, coupon issue)
+        let program_route = RpcShape {
+            member_path: false,
+            ..member_write
+        };
+        assert!(check(&me(), program_route, &member_ref("p1", "m1"), 100).is_err());
         assert!(check(&staff(vec![Role::Analyst]), member_write, &m, 100).is_err());
     }
 
@@ -205,6 +229,7 @@ mod tests {
         let shape = RpcShape {
             member_scoped: true,
             read: true,
+            member_path: true,
         };
         let e = check(&me(), shape, &m, 100).unwrap_err();
         assert_eq!(e.violations[0].0, "page_size");

@@ -135,6 +135,7 @@ pub(crate) async fn handle(
         let shape = authz::RpcShape {
             member_scoped: true,
             read: true,
+            member_path: true,
         };
         authz::check(
             &principal,

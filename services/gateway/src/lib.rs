@@ -142,13 +142,11 @@ impl Gateway {
         let mut methods = HashMap::new();
         for service in pool.services() {
             for m in service.methods() {
-                let read = rules::http_rule(pool, &m).is_some_and(|r| {
-                    matches!(
-                        r.pattern,
-                        Some(loyalty_proto::google::api::http_rule::Pattern::Get(_))
-                    )
-                });
-                let shape = authz::RpcShape::of(&m, read);
+                // gRPC calls are judged like the RPC's main REST route
+                let main = routes.iter().find(|r| r.method == m && r.binding == 0);
+                let read = main.is_some_and(|r| r.verb == Method::GET);
+                let member_path = main.is_some_and(|r| authz::binds_member(&r.template));
+                let shape = authz::RpcShape::of(&m, read, member_path);
                 methods.insert(format!("/{}/{}", service.full_name(), m.name()), (m, shape));
             }
         }

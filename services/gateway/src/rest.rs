@@ -108,7 +108,11 @@ pub(crate) async fn handle(gw: &Gateway, req: Request) -> Response {
     let result = async {
         let bytes = read_body(body, &parts.headers, gw.0.body_limit).await?;
         let msg = transcode::request_message(route, &vars, parts.uri.query(), &bytes)?;
-        let shape = authz::RpcShape::of(&route.method, route.verb == Method::GET);
+        let shape = authz::RpcShape::of(
+            &route.method,
+            route.verb == Method::GET,
+            authz::binds_member(&route.template),
+        );
         authz::check(&principal, shape, &msg, gw.0.page_size_max)?;
         if !gw.0.upstreams.is_serving(&route.service) {
             return Err(ApiError::unavailable(&route.service));
