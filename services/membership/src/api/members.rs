@@ -1,0 +1,609 @@
+//! Enrolment, lookups, profile updates with optimistic versions, status
+//! changes, tags and listing.
+
+use loyalty_common::auth::Principal;
+use loyalty_common::calendar::to_micros;
+use loyalty_common::db::{Tx, is_unique_violation};
+use loyalty_common::events::outbox;
+use loyalty_common::idempotency::fingerprint;
+use loyalty_common::runtime::ServiceRuntime;
+use loyalty_common::{ServiceError, Violations, paging};
+use loyalty_proto::events::event_envelope::Payload;
+use loyalty_proto::events::{MemberEnrolled, MemberUpdated, TierChanged};
+use loyalty_proto::loyalty::membership::v1 as pb;
+use sqlx::AnyConnection;
+
+use super::{
+    MEMBER_PAGES, STAFF, STAFF_OR_BACKEND, SUPPORT, WRITERS, event, now, page, page_response,
+    required, self_or,
+};
+use crate::domain::contact::{Email, Phone, contact_hash};
+use crate::domain::profile::{Profile, apply_mask, parse_profile};
+use crate::domain::tiers::next_evaluation;
+use crate::store::members::{self, Key, MemberRecord};
+use crate::store::{activity, programs};
+
+/// Most attempts of an update that keeps meeting concurrent changes.
+const MAX_ATTEMPTS: usize = 50;
+
+/// The member as the contract shows it (with tags).
+pub async fn to_proto(c: &mut AnyConnection, m: &MemberRecord) -> Result<pb::Member, ServiceError> {
+    Ok(m.to_proto(members::tags(c, &m.member_id).await?))
+}
+
+fn check_tag(t: &str) -> Result<(), String> {
+    if !t.is_empty()
+        && t.len() <= 64
+        && t.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b':')
+        })
+    {
+        Ok(())
+    } else {
+        Err("tags are 1 to 64 lower-case letters, digits, '-', '_' or ':'".into())
+    }
+}
+
+fn check_tags(field: &str, tags: &[String], v: &mut Violations) {
+    if tags.len() > 50 {
+        v.add(field, "at most 50 tags at once");
+    }
+    for (i, t) in tags.iter().enumerate() {
+        v.check(&format!("{field}[{i}]"), check_tag(t));
+    }
+}
+
+fn field_of(key: Key) -> String {
+    match key {
+        Key::ExternalId => "external_id".into(),
+        other => format!("profile.{}", other.field()),
+    }
+}
+
+fn already(key: Key) -> ServiceError {
+    ServiceError::AlreadyExists {
+        resource: "member",
+        field: field_of(key),
+    }
+}
+
+fn contact_hashes(program_id: &str, p: &Profile) -> Vec<String> {
+    let mut h = Vec::new();
+    if let Some(phone) = &p.phone {
+        h.push(contact_hash(program_id, phone.as_str()));
+    }
+    if let Some(email) = &p.email {
+        h.push(contact_hash(program_id, email.as_str()));
+    }
+    h
+}
+
+#[tracing::instrument(skip_all, fields(program_id = %req.program_id))]
+pub async fn enroll(
+    rt: &ServiceRuntime,
+    p: &Principal,
+    req: pb::EnrollMemberRequest,
+) -> Result<pb::EnrollMemberResponse, ServiceError> {
+    required("program_id", &req.program_id)?;
+    p.require_role(&req.program_id, WRITERS)?;
+    let at = now(rt);
+    let program = {
+        let mut c = rt.db.pool().acquire().await?;
+        programs::require(&mut c, &req.program_id).await?
+    };
+    let mut v = Violations::new();
+    if req.external_id.is_empty()
+        || req.external_id.len() > 128
+        || !req.external_id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        v.add(
+            "external_id",
+            "is required: 1 to 128 printable characters without spaces",
+        );
+    }
+    let today = program.tz.local_date(at);
+    let profile = parse_profile(
+        &req.profile.clone().unwrap_or_default(),
+        "profile",
+        today,
+        &mut v,
+    );
+    if req.enrolment_channel.len() > 32 {
+        v.add("enrolment_channel", "at most 32 characters");
+    }
+    check_tags("tags", &req.tags, &mut v);
+    v.finish()?;
+    let print = fingerprint(&req);
+
+    let mut tx = rt.db.begin().await?;
+    if let Some(existing) =
+        members::find_by(&mut tx, &req.program_id, Key::ExternalId, &req.external_id).await?
+    {
+        let member = to_proto(&mut tx, &existing).await?;
+        tx.rollback().await?;
+        return if existing.enrol_fingerprint == print {
+            Ok(pb::EnrollMemberResponse {
+                member: Some(member),
+                created: false,
+            })
+        } else {
+            Err(already(Key::ExternalId))
+        };
+    }
+    if let Some(key) = members::taken_key(&mut tx, &req.program_id, "", None, &profile).await? {
+        return Err(already(key));
+    }
+    let base = &program.rules.tiers[0];
+    let record = MemberRecord {
+        member_id: uuid::Uuid::now_v7().to_string(),
+        program_id: req.program_id.clone(),
+        external_id: Some(req.external_id.clone()),
+        profile: profile.clone(),
+        status: "active".into(),
+        enrolment_channel: req.enrolment_channel.clone(),
+        tier_code: base.code.clone(),
+        tier_since: to_micros(at),
+        next_evaluation_at: to_micros(next_evaluation(program.rules.evaluation, &program.tz, at)),
+        last_purchase_at: None,
+        enrol_fingerprint: print,
+        version: 1,
+        enrolled_at: to_micros(at),
+        updated_at: to_micros(at),
+    };
+    match write_enrolment(&mut tx, &record, &req.tags, base.points_multiplier_bp(), at).await {
+        Ok(()) => {}
+        Err(e) if is_unique_violation(&e) => {
+            // a concurrent enrolment took a key between our check and insert
+            tx.rollback().await?;
+            let mut c = rt.db.pool().acquire().await?;
+            if let Some(existing) =
+                members::find_by(&mut c, &req.program_id, Key::ExternalId, &req.external_id).await?
+                && existing.enrol_fingerprint == record.enrol_fingerprint
+            {
+                let member = to_proto(&mut c, &existing).await?;
+                return Ok(pb::EnrollMemberResponse {
+                    member: Some(member),
+                    created: false,
+                });
+            }
+            let key = members::taken_key(
+                &mut c,
+                &req.program_id,
+                "",
+                Some(&req.external_id),
+                &profile,
+            )
+            .await?;
+            return Err(already(key.unwrap_or(Key::ExternalId)));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let member = to_proto(&mut tx, &record).await?;
+    tx.commit().await?;
+    rt.outbox.notify();
+    Ok(pb::EnrollMemberResponse {
+        member: Some(member),
+        created: true,
+    })
+}
+
+async fn write_enrolment(
+    tx: &mut Tx,
+    m: &MemberRecord,
+    tags: &[String],
+    multiplier_bp: i64,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), sqlx::Error> {
+    members::insert(tx, m).await?;
+    for t in tags {
+        members::add_tag(tx, &m.program_id, &m.member_id, t).await?;
+    }
+    activity::record_tier_change(tx, &m.member_id, "", &m.tier_code, "enrolment", 0, at).await?;
+    let enrolled = event(
+        &m.program_id,
+        &m.member_id,
+        Payload::MemberEnrolled(MemberEnrolled {
+            enrolment_channel: m.enrolment_channel.clone(),
+            tier_code: m.tier_code.clone(),
+            locale: m.profile.locale.clone(),
+            contact_hashes: contact_hashes(&m.program_id, &m.profile),
+        }),
+        at,
+    );
+    let tier = event(
+        &m.program_id,
+        &m.member_id,
+        Payload::TierChanged(TierChanged {
+            from_tier: String::new(),
+            to_tier: m.tier_code.clone(),
+            reason: "enrolment".into(),
+            points_multiplier_bp: multiplier_bp,
+        }),
+        at,
+    );
+    outbox::append(tx, &enrolled).await?;
+    outbox::append(tx, &tier).await?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]
+pub async fn get(
+    rt: &ServiceRuntime,
+    p: &Principal,
+    req: pb::GetMemberRequest,
+) -> Result<pb::GetMemberResponse, ServiceError> {
+    required("program_id", &req.program_id)?;
+    required("member_id", &req.member_id)?;
+    p.authorize_member(&req.program_id, &req.member_id)?;
+    let mut c = rt.db.pool().acquire().await?;
+    let m = members::require(&mut c, &req.program_id, &req.member_id).await?;
+    Ok(pb::GetMemberResponse {
+        member: Some(to_proto(&mut c, &m).await?),
+    })
+}
+
+#[tracing::instrument(skip_all, fields(program_id = %req.program_id))]
+pub async fn lookup(
+    rt: &ServiceRuntime,
+    p: &Principal,
+    req: pb::LookupMemberRequest,
+) -> Result<pb::LookupMemberResponse, ServiceError> {
+    use pb::lookup_member_request::Key as K;
+    required("program_id", &req.program_id)?;
+    p.require_role(&req.program_id, STAFF_OR_BACKEND)?;
+    let (key, value) = match &req.key {
+        Some(K::Phone(s)) => (
+            Key::Phone,
+            Phone::parse(s)
+                .map_err(|e| ServiceError::invalid("phone", e))?
+                .as_str()
+                .to_owned(),
+        ),
+        Some(K::Email(s)) => (
+            Key::Email,
+            Email::parse(s)
+                .map_err(|e| ServiceError::invalid("email", e))?
+                .as_str()
+                .to_owned(),
+        ),
+        Some(K::ExternalId(s)) if !s.is_empty() => (Key::ExternalId, s.clone()),
+        Some(K::CardNumber(s)) if !s.is_empty() => (Key::CardNumber, s.trim().to_uppercase()),
+        _ => {
+            return Err(ServiceError::invalid(
+                "key",
+                "give one of phone, email, external_id, card_number",
+            ));
+        }
+    };
+    let mut c = rt.db.pool().acquire().await?;
+    let m = members::find_by(&mut c, &req.program_id, key, &value)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("member", key.field()))?;
+    Ok(pb::LookupMemberResponse {
+        member: Some(to_proto(&mut c, &m).await?),
+    })
+}
+
+fn check_writable(m: &MemberRecord) -> Result<(), ServiceError> {
+    match m.status.as_str() {
+        "closed" | "erased" => Err(ServiceError::precondition(format!(
+            "the member is {}",
+            m.status
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]
+pub async fn update(
+    rt: &ServiceRuntime,
+    caller: &Principal,
+    req: pb::UpdateMemberRequest,
+) -> Result<pb::UpdateMemberResponse, ServiceError> {
+    required("program_id", &req.program_id)?;
+    required("member_id", &req.member_id)?;
+    self_or(caller, &req.program_id, &req.member_id, WRITERS)?;
+    let mask = req.update_mask.clone().map(|m| m.paths).unwrap_or_default();
+    let patch = req.profile.clone().unwrap_or_default();
+    let program = {
+        let mut c = rt.db.pool().acquire().await?;
+        programs::require(&mut c, &req.program_id).await?
+    };
+    for _ in 0..MAX_ATTEMPTS {
+        let at = now(rt);
+        let mut tx = rt.db.begin().await?;
+        let m = members::require(&mut tx, &req.program_id, &req.member_id).await?;
+        check_writable(&m)?;
+        if req.expected_version != 0 && req.expected_version != m.version {
+            return Err(ServiceError::Conflict(format!(
+                "the member has version {}, not {}",
+                m.version, req.expected_version
+            )));
+        }
+        let mut v = Violations::new();
+        let (profile, changed) =
+            apply_mask(&m.profile, &patch, &mask, program.tz.local_date(at), &mut v);
+        v.finish()?;
+        if changed.is_empty() {
+            let member = to_proto(&mut tx, &m).await?;
+            tx.rollback().await?;
+            return Ok(pb::UpdateMemberResponse {
+                member: Some(member),
+            });
+        }
+        if let Some(key) =
+            members::taken_key(&mut tx, &req.program_id, &m.member_id, None, &profile).await?
+        {
+            return Err(already(key));
+        }
+        match members::update_profile(&mut tx, &m, &profile, at).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tx.rollback().await?;
+                if req.expected_version != 0 {
+                    return Err(ServiceError::Conflict(
+                        "the member changed meanwhile; read it again".into(),
+                    ));
+                }
+                continue; // someone else won: apply ours on top of theirs
+            }
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await?;
+                let mut c = rt.db.pool().acquire().await?;
+                let key = members::taken_key(&mut c, &req.program_id, &m.member_id, None, &profile)
+                    .await?;
+                return Err(already(key.unwrap_or(Key::Phone)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let updated = members::require(&mut tx, &req.program_id, &req.member_id).await?;
+        let env = event(
+            &m.program_id,
+            &m.member_id,
+            Payload::MemberUpdated(MemberUpdated {
+                changed_fields: changed,
+                version: updated.version,
+                status: String::new(),
+            }),
+            at,
+        );
+        outbox::append(&mut tx, &env).await?;
+        let member = to_proto(&mut tx, &updated).await?;
+        tx.commit().await?;
+        rt.outbox.notify();
+        return Ok(pb::UpdateMemberResponse {
+            member: Some(member),
+        });
+    }
+    Err(ServiceError::Conflict(
+        "the member keeps changing; try again".into(),
+    ))
+}
+
+/// Moves a member from one of `from` to `to` (same status again: no change).
+async fn change_status(
+    rt: &ServiceRuntime,
+    program_id: &str,
+    member_id: &str,
+    expected_version: i64,
+    from: &[&str],
+    to: &str,
+) -> Result<pb::Member, ServiceError> {
+    for _ in 0..MAX_ATTEMPTS {
+        let at = now(rt);
+        let mut tx = rt.db.begin().await?;
+        let m = members::require(&mut tx, program_id, member_id).await?;
+        if expected_version != 0 && expected_version != m.version {
+            return Err(ServiceError::Conflict(format!(
+                "the member has version {}, not {expected_version}",
+                m.version
+            )));
+        }
+        if m.status == to {
+            let member = to_proto(&mut tx, &m).await?;
+            tx.rollback().await?;
+            return Ok(member);
+        }
+        if !from.contains(&m.status.as_str()) {
+            return Err(ServiceError::precondition(format!(
+                "a {} member cannot become {to}",
+                m.status
+            )));
+        }
+        if !members::set_status(&mut tx, member_id, m.version, to, at).await? {
+            tx.rollback().await?;
+            if expected_version != 0 {
+                return Err(ServiceError::Conflict(
+                    "the member changed meanwhile; read it again".into(),
+                ));
+            }
+            continue;
+        }
+        let env = event(
+            program_id,
+            member_id,
+            Payload::MemberUpdated(MemberUpdated {
+                changed_fields: vec!["status".into()],
+                version: m.version + 1,
+                status: to.into(),
+            }),
+            at,
+        );
+        outbox::append(&mut tx, &env).await?;
+        let updated = members::require(&mut tx, program_id, member_id).await?;
+        let member = to_proto(&mut tx, &updated).await?;
+        tx.commit().await?;
+        rt.outbox.notify();
+        return Ok(member);
+    }
+    Err(ServiceError::Conflict(
+        "the member keeps changing; try again".into(),
+    ))
+}
+
+#[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]
+pub async fn suspend(
+    rt: &ServiceRuntime,
+    p: &Principal,
+    req: pb::SuspendMemberRequest,
+) -> Result<pb::SuspendMemberResponse, ServiceError> {
+    required("member_id", &req.member_id)?;
+    p.require_role(&req.program_id, SUPPORT)?;
+    let m = change_status(
+        rt,
+        &req.program_id,
+        &req.member_id,
+        req.expected_version,
+        &["active"],
+        "suspended",
+    )
+    .await?;
+    Ok(pb::SuspendMemberResponse { member: Some(m) })
+}
+
+#[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]
+pub async fn reinstate(
+    rt: &ServiceRuntime,
+    p: &Principal,
+    req: pb::ReinstateMemberRequest,
+) -> Result<pb::ReinstateMemberResponse, ServiceError> {
+    required("member_id", &req.member_id)?;
+    p.require_role(&req.program_id, SUPPORT)?;
+    let m = change_status(
+        rt,
+        &req.program_id,
+        &req.member_id,
+        req.expected_version,
+        &["suspended"],
+        "active",
+    )
+    .await?;
+    Ok(pb::ReinstateMemberResponse { member: Some(m) })
+}
+
+#[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]
+pub async fn close(
+    rt: &ServiceRuntime,
+    p: &Principal,
+    req: pb::CloseMemberRequest,
+) -> Result<pb::CloseMemberResponse, ServiceError> {
+    required("member_id", &req.member_id)?;
+    self_or(p, &req.program_id, &req.member_id, SUPPORT)?;
+    let m = change_status(
+        rt,
+        &req.program_id,
+        &req.member_id,
+        req.expected_version,
+        &["active", "suspended"],
+        "closed",
+    )
+    .await?;
+    Ok(pb::CloseMemberResponse { member: Some(m) })
+}
+
+#[tracing::instrument(skip_all, fields(program_id = %req.program_id))]
+pub async fn list(
+    rt: &ServiceRuntime,
+    p: &Principal,
+    req: pb::ListMembersRequest,
+) -> Result<pb::ListMembersResponse, ServiceError> {
+    required("program_id", &req.program_id)?;
+    p.require_role(&req.program_id, STAFF)?;
+    let status = match pb::MemberStatus::try_from(req.status) {
+        Ok(pb::MemberStatus::Unspecified) => None,
+        Ok(pb::MemberStatus::Active) => Some("active"),
+        Ok(pb::MemberStatus::Suspended) => Some("suspended"),
+        Ok(pb::MemberStatus::Closed) => Some("closed"),
+        Ok(pb::MemberStatus::Erased) => Some("erased"),
+        Err(_) => return Err(ServiceError::invalid("status", "unknown status")),
+    };
+    let filter = members::ListFilter {
+        status,
+        tier_code: (!req.tier_code.is_empty()).then(|| req.tier_code.clone()),
+        tag: (!req.tag.is_empty()).then(|| req.tag.clone()),
+        name_prefix: (!req.name_prefix.is_empty()).then(|| req.name_prefix.clone()),
+    };
+    let query = format!(
+        "members|{}|{:?}|{}|{}|{}",
+        req.program_id, status, req.tier_code, req.tag, req.name_prefix
+    );
+    let pg = page(req.page.as_ref(), MEMBER_PAGES, &query)?;
+    let mut c = rt.db.pool().acquire().await?;
+    if !req.tier_code.is_empty() {
+        let program = programs::require(&mut c, &req.program_id).await?;
+        if program.rules.level_of(&req.tier_code).is_none() {
+            return Err(ServiceError::invalid(
+                "tier_code",
+                format!("the program has no tier {:?}", req.tier_code),
+            ));
+        }
+    }
+    let rows = members::list(
+        &mut c,
+        &req.program_id,
+        &filter,
+        pg.after.as_deref().unwrap_or(""),
+        pg.fetch_limit(),
+    )
+    .await?;
+    let (rows, next) = paging::finish(rows, &pg, &query, |m| m.member_id.clone());
+    let mut out = Vec::with_capacity(rows.len());
+    for m in &rows {
+        out.push(to_proto(&mut c, m).await?);
+    }
+    Ok(pb::ListMembersResponse {
+        members: out,
+        page: page_response(next),
+    })
+}
+
+async fn change_tags(
+    rt: &ServiceRuntime,
+    p: &Principal,
+    program_id: &str,
+    member_id: &str,
+    tags: &[String],
+    add: bool,
+) -> Result<Vec<String>, ServiceError> {
+    required("member_id", member_id)?;
+    p.require_role(program_id, WRITERS)?;
+    let mut v = Violations::new();
+    if tags.is_empty() {
+        v.add("tags", "name at least one tag");
+    }
+    check_tags("tags", tags, &mut v);
+    v.finish()?;
+    let mut tx = rt.db.begin().await?;
+    let m = members::require(&mut tx, program_id, member_id).await?;
+    check_writable(&m)?;
+    for t in tags {
+        if add {
+            members::add_tag(&mut tx, program_id, member_id, t).await?;
+        } else {
+            members::remove_tag(&mut tx, member_id, t).await?;
+        }
+    }
+    let now_tags = members::tags(&mut tx, member_id).await?;
+    tx.commit().await?;
+    Ok(now_tags)
+}
+
+#[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]
+pub async fn add_tags(
+    rt: &ServiceRuntime,
+    p: &Principal,
+    req: pb::AddMemberTagsRequest,
+) -> Result<pb::AddMemberTagsResponse, ServiceError> {
+    let tags = change_tags(rt, p, &req.program_id, &req.member_id, &req.tags, true).await?;
+    Ok(pb::AddMemberTagsResponse { tags })
+}
+
+#[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]
+pub async fn remove_tags(
+    rt: &ServiceRuntime,
+    p: &Principal,
+    req: pb::RemoveMemberTagsRequest,
+) -> Result<pb::RemoveMemberTagsResponse, ServiceError> {
+    let tags = change_tags(rt, p, &req.program_id, &req.member_id, &req.tags, false).await?;
+    Ok(pb::RemoveMemberTagsResponse { tags })
+}

@@ -1,0 +1,460 @@
+//! Members: the record, lookups by every unique key, optimistic updates
+//! (`WHERE version = $n`), tags, listing and erasure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use loyalty_common::ServiceError;
+use loyalty_common::calendar::{from_micros, to_micros, to_timestamp};
+use loyalty_common::db::Tx;
+use loyalty_proto::loyalty::membership::v1 as pb;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::domain::contact::{Email, Phone};
+use crate::domain::profile::Profile;
+use crate::domain::segment::MemberFacts;
+
+/// A member as stored.
+#[derive(Debug, Clone)]
+pub struct MemberRecord {
+    pub member_id: String,
+    pub program_id: String,
+    pub external_id: Option<String>,
+    pub profile: Profile,
+    pub status: String,
+    pub enrolment_channel: String,
+    pub tier_code: String,
+    pub tier_since: i64,
+    pub next_evaluation_at: i64,
+    pub last_purchase_at: Option<i64>,
+    pub enrol_fingerprint: String,
+    pub version: i64,
+    pub enrolled_at: i64,
+    pub updated_at: i64,
+}
+
+pub(crate) const COLUMNS: &str = "member_id, program_id, external_id, given_name, family_name, phone, email, \
+     birthday, locale, card_number, preferences, status, enrolment_channel, tier_code, tier_since, \
+     next_evaluation_at, last_purchase_at, enrol_fingerprint, version, enrolled_at, updated_at";
+
+pub(crate) fn from_row(r: &AnyRow) -> Result<MemberRecord, ServiceError> {
+    let err = |e: sqlx::Error| super::decode_err("member", e);
+    let phone: Option<String> = r.try_get(5).map_err(err)?;
+    let email: Option<String> = r.try_get(6).map_err(err)?;
+    let birthday: Option<String> = r.try_get(7).map_err(err)?;
+    let card: Option<String> = r.try_get(9).map_err(err)?;
+    let prefs: String = r.try_get(10).map_err(err)?;
+    let preferences: BTreeMap<String, String> =
+        serde_json::from_str(&prefs).map_err(|e| super::decode_err("member preferences", e))?;
+    Ok(MemberRecord {
+        member_id: r.try_get(0).map_err(err)?,
+        program_id: r.try_get(1).map_err(err)?,
+        external_id: r.try_get(2).map_err(err)?,
+        profile: Profile {
+            given_name: r.try_get(3).map_err(err)?,
+            family_name: r.try_get(4).map_err(err)?,
+            phone: phone
+                .as_deref()
+                .map(Phone::parse)
+                .transpose()
+                .map_err(|e| super::decode_err("phone", e))?,
+            email: email
+                .as_deref()
+                .map(Email::parse)
+                .transpose()
+                .map_err(|e| super::decode_err("email", e))?,
+            birthday: birthday
+                .as_deref()
+                .map(|b| NaiveDate::parse_from_str(b, "%Y-%m-%d"))
+                .transpose()
+                .map_err(|e| super::decode_err("birthday", e))?,
+            locale: r.try_get(8).map_err(err)?,
+            card_number: card.unwrap_or_default(),
+            preferences,
+        },
+        status: r.try_get(11).map_err(err)?,
+        enrolment_channel: r.try_get(12).map_err(err)?,
+        tier_code: r.try_get(13).map_err(err)?,
+        tier_since: r.try_get(14).map_err(err)?,
+        next_evaluation_at: r.try_get(15).map_err(err)?,
+        last_purchase_at: r.try_get(16).map_err(err)?,
+        enrol_fingerprint: r.try_get(17).map_err(err)?,
+        version: r.try_get(18).map_err(err)?,
+        enrolled_at: r.try_get(19).map_err(err)?,
+        updated_at: r.try_get(20).map_err(err)?,
+    })
+}
+
+impl MemberRecord {
+    pub fn to_proto(&self, tags: Vec<String>) -> pb::Member {
+        pb::Member {
+            program_id: self.program_id.clone(),
+            member_id: self.member_id.clone(),
+            external_id: self.external_id.clone().unwrap_or_default(),
+            profile: Some(self.profile.to_proto()),
+            status: status_to_proto(&self.status) as i32,
+            enrolment_channel: self.enrolment_channel.clone(),
+            tier_code: self.tier_code.clone(),
+            tags,
+            version: self.version,
+            enrolled_at: Some(to_timestamp(from_micros(self.enrolled_at))),
+            updated_at: Some(to_timestamp(from_micros(self.updated_at))),
+            last_purchase_at: self.last_purchase_at.map(|t| to_timestamp(from_micros(t))),
+        }
+    }
+
+    pub fn facts(&self, tags: &[String]) -> MemberFacts {
+        MemberFacts {
+            tier: self.tier_code.clone(),
+            status: self.status.clone(),
+            tags: tags.iter().cloned().collect(),
+            enrolled_at: from_micros(self.enrolled_at),
+            last_purchase_at: self.last_purchase_at.map(from_micros),
+            enrolment_channel: self.enrolment_channel.clone(),
+            locale: self.profile.locale.clone(),
+            birth_month: self.profile.birthday.map(|b| i64::from(b.month())),
+        }
+    }
+}
+
+pub fn status_to_proto(s: &str) -> pb::MemberStatus {
+    match s {
+        "active" => pb::MemberStatus::Active,
+        "suspended" => pb::MemberStatus::Suspended,
+        "closed" => pb::MemberStatus::Closed,
+        "erased" => pb::MemberStatus::Erased,
+        _ => pb::MemberStatus::Unspecified,
+    }
+}
+
+pub async fn get(
+    c: &mut AnyConnection,
+    program_id: &str,
+    member_id: &str,
+) -> Result<Option<MemberRecord>, ServiceError> {
+    let sql = format!("SELECT {COLUMNS} FROM members WHERE member_id = $1 AND program_id = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(member_id)
+        .bind(program_id)
+        .fetch_optional(c)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The member, or NOT_FOUND.
+pub async fn require(
+    c: &mut AnyConnection,
+    program_id: &str,
+    member_id: &str,
+) -> Result<MemberRecord, ServiceError> {
+    get(c, program_id, member_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("member", member_id))
+}
+
+/// A unique key of a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Phone,
+    Email,
+    ExternalId,
+    CardNumber,
+}
+
+impl Key {
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Phone => "phone",
+            Self::Email => "email",
+            Self::ExternalId => "external_id",
+            Self::CardNumber => "card_number",
+        }
+    }
+}
+
+/// Finds a member by a normalised unique key.
+pub async fn find_by(
+    c: &mut AnyConnection,
+    program_id: &str,
+    key: Key,
+    value: &str,
+) -> Result<Option<MemberRecord>, ServiceError> {
+    let col = key.field(); // fixed column names, never caller text
+    let sql = format!("SELECT {COLUMNS} FROM members WHERE program_id = $1 AND {col} = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(program_id)
+        .bind(value)
+        .fetch_optional(c)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+fn opt(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Which unique keys of `profile` (and `external_id`) another member of
+/// the program holds already.
+pub async fn taken_key(
+    c: &mut AnyConnection,
+    program_id: &str,
+    member_id: &str,
+    external_id: Option<&str>,
+    profile: &Profile,
+) -> Result<Option<Key>, ServiceError> {
+    let checks = [
+        (Key::ExternalId, external_id),
+        (Key::Phone, profile.phone.as_ref().map(Phone::as_str)),
+        (Key::Email, profile.email.as_ref().map(Email::as_str)),
+        (Key::CardNumber, opt(&profile.card_number)),
+    ];
+    for (key, value) in checks {
+        if let Some(v) = value
+            && let Some(other) = find_by(c, program_id, key, v).await?
+            && other.member_id != member_id
+        {
+            return Ok(Some(key));
+        }
+    }
+    Ok(None)
+}
+
+/// Inserts a new member (unique keys checked by the caller, and by the
+/// database's constraints).
+pub async fn insert(tx: &mut Tx, m: &MemberRecord) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO members ({COLUMNS}, birth_month) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+    );
+    let p = &m.profile;
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&m.member_id)
+        .bind(&m.program_id)
+        .bind(m.external_id.as_deref())
+        .bind(&p.given_name)
+        .bind(&p.family_name)
+        .bind(p.phone.as_ref().map(Phone::as_str))
+        .bind(p.email.as_ref().map(Email::as_str))
+        .bind(p.birthday.map(|b| b.format("%Y-%m-%d").to_string()))
+        .bind(&p.locale)
+        .bind(opt(&p.card_number))
+        .bind(serde_json::to_string(&p.preferences).unwrap_or_else(|_| "{}".into()))
+        .bind(&m.status)
+        .bind(&m.enrolment_channel)
+        .bind(&m.tier_code)
+        .bind(m.tier_since)
+        .bind(m.next_evaluation_at)
+        .bind(m.last_purchase_at)
+        .bind(&m.enrol_fingerprint)
+        .bind(m.version)
+        .bind(m.enrolled_at)
+        .bind(m.updated_at)
+        .bind(p.birthday.map(|b| i64::from(b.month())))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Writes a new profile if the member still has `version`; false when it
+/// changed meanwhile.
+pub async fn update_profile(
+    tx: &mut Tx,
+    m: &MemberRecord,
+    p: &Profile,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE members SET given_name = $1, family_name = $2, phone = $3, email = $4, birthday = $5, \
+         birth_month = $6, locale = $7, card_number = $8, preferences = $9, version = version + 1, updated_at = $10 \
+         WHERE member_id = $11 AND version = $12",
+    )
+    .bind(&p.given_name)
+    .bind(&p.family_name)
+    .bind(p.phone.as_ref().map(Phone::as_str))
+    .bind(p.email.as_ref().map(Email::as_str))
+    .bind(p.birthday.map(|b| b.format("%Y-%m-%d").to_string()))
+    .bind(p.birthday.map(|b| i64::from(b.month())))
+    .bind(&p.locale)
+    .bind(opt(&p.card_number))
+    .bind(serde_json::to_string(&p.preferences).unwrap_or_else(|_| "{}".into()))
+    .bind(to_micros(now))
+    .bind(&m.member_id)
+    .bind(m.version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Sets the status if the member still has `version`.
+pub async fn set_status(
+    tx: &mut Tx,
+    member_id: &str,
+    version: i64,
+    status: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE members SET status = $1, version = version + 1, updated_at = $2 WHERE member_id = $3 AND version = $4",
+    )
+    .bind(status)
+    .bind(to_micros(now))
+    .bind(member_id)
+    .bind(version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Moves a member to `tier` (tier changes are serialised per member by the
+/// version check too).
+pub async fn set_tier(
+    tx: &mut Tx,
+    member_id: &str,
+    version: i64,
+    tier: &str,
+    tier_since: i64,
+    next_evaluation_at: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE members SET tier_code = $1, tier_since = $2, next_evaluation_at = $3, version = version + 1 \
+         WHERE member_id = $4 AND version = $5",
+    )
+    .bind(tier)
+    .bind(tier_since)
+    .bind(next_evaluation_at)
+    .bind(member_id)
+    .bind(version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Moves the next evaluation date of many members in one statement (a
+/// chunk of reviews that kept their tiers).
+pub async fn set_next_evaluations(tx: &mut Tx, rows: &[(String, i64)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // only placeholders are generated; every value is bound
+    let mut cases = String::new();
+    let mut ids = Vec::with_capacity(rows.len());
+    for i in 0..rows.len() {
+        let _ = write!(cases, " WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2);
+        ids.push(format!("${}", 2 * i + 1));
+    }
+    let sql = format!(
+        "UPDATE members SET next_evaluation_at = CASE member_id{cases} ELSE next_evaluation_at END WHERE member_id IN ({})",
+        ids.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (id, next) in rows {
+        q = q.bind(id).bind(*next);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Records a purchase time if later than the last one seen.
+pub async fn touch_last_purchase(tx: &mut Tx, member_id: &str, at: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE members SET last_purchase_at = $1 WHERE member_id = $2 AND (last_purchase_at IS NULL OR last_purchase_at < $1)",
+    )
+    .bind(at)
+    .bind(member_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Anonymises every personal field and marks the member erased.
+pub async fn erase(tx: &mut Tx, member_id: &str, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE members SET external_id = NULL, given_name = '', family_name = '', phone = NULL, email = NULL, \
+         birthday = NULL, birth_month = NULL, locale = '', card_number = NULL, preferences = '{}', \
+         enrol_fingerprint = '', status = 'erased', version = version + 1, updated_at = $1 WHERE member_id = $2",
+    )
+    .bind(to_micros(now))
+    .bind(member_id)
+    .execute(&mut **tx)
+    .await?;
+    for sql in [
+        "DELETE FROM member_tags WHERE member_id = $1",
+        "DELETE FROM group_members WHERE member_id = $1",
+    ] {
+        sqlx::query(sql).bind(member_id).execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+pub async fn tags(c: &mut AnyConnection, member_id: &str) -> Result<Vec<String>, ServiceError> {
+    Ok(
+        sqlx::query_scalar("SELECT tag FROM member_tags WHERE member_id = $1 ORDER BY tag")
+            .bind(member_id)
+            .fetch_all(c)
+            .await?,
+    )
+}
+
+pub async fn add_tag(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+    tag: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO member_tags (program_id, member_id, tag) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(program_id)
+        .bind(member_id)
+        .bind(tag)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn remove_tag(tx: &mut Tx, member_id: &str, tag: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM member_tags WHERE member_id = $1 AND tag = $2")
+        .bind(member_id)
+        .bind(tag)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Filters of ListMembers.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    pub status: Option<&'static str>,
+    pub tier_code: Option<String>,
+    pub tag: Option<String>,
+    pub name_prefix: Option<String>,
+}
+
+/// A page of members after `after` (member id order).
+pub async fn list(
+    c: &mut AnyConnection,
+    program_id: &str,
+    f: &ListFilter,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<MemberRecord>, ServiceError> {
+    // Every optional filter is bound; a NULL parameter switches it off.
+    let sql = format!(
+        "SELECT {COLUMNS} FROM members m WHERE program_id = $1 AND member_id > $2 \
+         AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR tier_code = $4) \
+         AND ($5 IS NULL OR EXISTS (SELECT 1 FROM member_tags t WHERE t.member_id = m.member_id AND t.tag = $5)) \
+         AND ($6 IS NULL OR substr(given_name, 1, length($6)) = $6 OR substr(family_name, 1, length($6)) = $6) \
+         ORDER BY member_id LIMIT $7"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(program_id)
+        .bind(after)
+        .bind(f.status)
+        .bind(f.tier_code.as_deref())
+        .bind(f.tag.as_deref())
+        .bind(f.name_prefix.as_deref())
+        .bind(limit)
+        .fetch_all(c)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
