@@ -1,20 +1,63 @@
-//! The rewards service of the loyalty platform. Its contract is
-//! `loyalty.rewards.v1`; it owns its database and reacts to and publishes
-//! domain events through the shared outbox and bus.
-//!
-//! The domain (rewards rules) lands with the rewards issue; for now the service
-//! starts, migrates its database, answers health, reflection and
-//! `GetServiceInfo`.
+//! The rewards service of the loyalty platform (`loyalty.rewards.v1`): the
+//! points ledger (append-only, hash-chained per program, lots with pending
+//! and expiry dates, balances that always equal the ledger), the earning
+//! rules engine, the points lifecycle jobs (pending release, expiry), and
+//! the catalog, coupons, badges, referrals and partner exchange built on the
+//! ledger API in [`store::ledger`]. It owns its database and reacts to and
+//! publishes domain events through the shared outbox and bus.
 
+pub mod domain;
+mod engagement;
+mod events;
 mod grpc;
+mod jobs;
+mod store;
 
-use loyalty_common::runtime::{ServiceDef, no_consumers, no_jobs};
+pub use grpc::GROUP_COMMIT_ENV;
+use loyalty_common::db::Migrations;
+use loyalty_common::runtime::ServiceDef;
+
+/// The rewards tables (points core 0001-0049, the rest 0050+).
+pub const MIGRATIONS: Migrations = Migrations {
+    table: "_loyalty_rewards_migrations",
+    sqlite: || sqlx::migrate!("migrations/sqlite"),
+    postgres: || sqlx::migrate!("migrations/postgres"),
+};
 
 /// How the launcher starts this service.
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "rewards",
-    migrations: &[],
+    migrations: &[MIGRATIONS],
     register: grpc::register,
-    consumers: no_consumers,
-    jobs: no_jobs,
+    consumers,
+    jobs: jobs::scheduled,
 };
+
+/// The points core's consumers and the engagement ones.
+fn consumers(
+    rt: &std::sync::Arc<loyalty_common::runtime::ServiceRuntime>,
+) -> Vec<loyalty_common::events::Consumer> {
+    let mut all = events::consumers(rt);
+    all.extend(engagement::consumers(rt));
+    all
+}
+
+/// Entry points for benchmarks (not part of the service's contract).
+#[doc(hidden)]
+pub mod bench_support {
+    use std::sync::Arc;
+
+    use loyalty_common::ServiceError;
+    use loyalty_common::jobs::{JobRunner, RunReport};
+    use loyalty_common::runtime::ServiceRuntime;
+
+    /// Runs the points expiry job once, now, to its end.
+    pub async fn run_points_expiry(
+        rt: &Arc<ServiceRuntime>,
+    ) -> Result<Option<RunReport>, ServiceError> {
+        JobRunner::new(rt.db.clone())
+            .with_lease(std::time::Duration::from_secs(600))
+            .trigger(&crate::jobs::PointsExpiry::new(rt.clone()))
+            .await
+    }
+}

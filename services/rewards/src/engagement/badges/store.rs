@@ -1,0 +1,258 @@
+//! Storage of badge definitions, member counters and awarded badges.
+
+use loyalty_common::ServiceError;
+use loyalty_common::db::Tx;
+use sqlx::AnyPool;
+
+use super::rules::{Condition, Counter, Counters};
+
+/// A badge definition as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadgeRow {
+    pub program_id: String,
+    pub code: String,
+    pub name: String,
+    pub description: String,
+    pub conditions: Vec<Condition>,
+    pub created_at: i64,
+}
+
+type BadgeTuple = (String, String, String, String, String, i64);
+
+/// Conditions as stored: `counter>=n`, one per line.
+pub fn encode_conditions(conditions: &[Condition]) -> String {
+    conditions
+        .iter()
+        .map(|c| format!("{}>={}", c.counter.as_str(), c.at_least))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn decode_conditions(text: &str) -> Vec<Condition> {
+    text.lines()
+        .filter_map(|l| {
+            let (counter, n) = l.split_once(">=")?;
+            Some(Condition {
+                counter: Counter::parse(counter)?,
+                at_least: n.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+fn badge(t: BadgeTuple) -> BadgeRow {
+    BadgeRow {
+        program_id: t.0,
+        code: t.1,
+        name: t.2,
+        description: t.3,
+        conditions: decode_conditions(&t.4),
+        created_at: t.5,
+    }
+}
+
+/// Inserts a definition; false when the code exists already.
+pub async fn insert_badge(tx: &mut Tx, b: &BadgeRow) -> Result<bool, ServiceError> {
+    let done = sqlx::query(
+        "INSERT INTO badges (program_id, code, name, description, conditions, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(&b.program_id)
+    .bind(&b.code)
+    .bind(&b.name)
+    .bind(&b.description)
+    .bind(encode_conditions(&b.conditions))
+    .bind(b.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn get_badge(
+    tx: &mut Tx,
+    program_id: &str,
+    code: &str,
+) -> Result<Option<BadgeRow>, ServiceError> {
+    let row: Option<BadgeTuple> = sqlx::query_as(
+        "SELECT program_id, code, name, description, conditions, created_at FROM badges \
+         WHERE program_id = $1 AND code = $2",
+    )
+    .bind(program_id)
+    .bind(code)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(badge))
+}
+
+pub async fn list_badges(
+    db: &AnyPool,
+    program_id: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<BadgeRow>, ServiceError> {
+    let rows: Vec<BadgeTuple> = sqlx::query_as(
+        "SELECT program_id, code, name, description, conditions, created_at FROM badges \
+         WHERE program_id = $1 AND code > $2 ORDER BY code LIMIT $3",
+    )
+    .bind(program_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(badge).collect())
+}
+
+/// Every definition of a program (evaluated on each counted event).
+pub async fn all_badges(tx: &mut Tx, program_id: &str) -> Result<Vec<BadgeRow>, ServiceError> {
+    let rows: Vec<BadgeTuple> = sqlx::query_as(
+        "SELECT program_id, code, name, description, conditions, created_at FROM badges \
+         WHERE program_id = $1 ORDER BY code",
+    )
+    .bind(program_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(badge).collect())
+}
+
+/// Records that `fact` was counted; false when it had been already.
+pub async fn count_fact(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+    fact: &str,
+) -> Result<bool, ServiceError> {
+    let done = sqlx::query(
+        "INSERT INTO badge_counted_facts (program_id, member_id, fact) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(program_id)
+    .bind(member_id)
+    .bind(fact)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Adds to a member's counters (`streak` raises the best streak) and
+/// returns them after the change.
+pub async fn bump(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+    add: Counters,
+) -> Result<Counters, ServiceError> {
+    sqlx::query(
+        "INSERT INTO badge_counters (program_id, member_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(program_id)
+    .bind(member_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE badge_counters SET purchases = purchases + $1, reviews = reviews + $2, \
+         check_ins = check_ins + $3, \
+         best_streak = CASE WHEN best_streak < $4 THEN $4 ELSE best_streak END \
+         WHERE program_id = $5 AND member_id = $6",
+    )
+    .bind(add.purchases)
+    .bind(add.reviews)
+    .bind(add.check_ins)
+    .bind(add.best_streak)
+    .bind(program_id)
+    .bind(member_id)
+    .execute(&mut **tx)
+    .await?;
+    let (purchases, reviews, check_ins, best_streak): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT purchases, reviews, check_ins, best_streak FROM badge_counters \
+         WHERE program_id = $1 AND member_id = $2",
+    )
+    .bind(program_id)
+    .bind(member_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Counters {
+        purchases,
+        reviews,
+        check_ins,
+        best_streak,
+    })
+}
+
+/// Codes of the badges a member holds.
+pub async fn held(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+) -> Result<Vec<String>, ServiceError> {
+    Ok(sqlx::query_scalar(
+        "SELECT code FROM member_badges WHERE program_id = $1 AND member_id = $2",
+    )
+    .bind(program_id)
+    .bind(member_id)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// Awards a badge; false when the member holds it already.
+pub async fn award(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+    code: &str,
+    now: i64,
+) -> Result<bool, ServiceError> {
+    let done = sqlx::query(
+        "INSERT INTO member_badges (program_id, member_id, code, awarded_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(program_id)
+    .bind(member_id)
+    .bind(code)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// An awarded badge with its definition, for listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwardRow {
+    pub code: String,
+    pub name: String,
+    pub description: String,
+    pub awarded_at: i64,
+}
+
+/// A member's badges, newest first; the cursor is `awarded_at/code`.
+pub async fn list_awards(
+    db: &AnyPool,
+    program_id: &str,
+    member_id: &str,
+    before: Option<(i64, String)>,
+    limit: i64,
+) -> Result<Vec<AwardRow>, ServiceError> {
+    let (at, code) = before.unwrap_or((i64::MAX, String::new()));
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT m.code, b.name, b.description, m.awarded_at FROM member_badges m \
+         JOIN badges b ON b.program_id = m.program_id AND b.code = m.code \
+         WHERE m.program_id = $1 AND m.member_id = $2 \
+         AND (m.awarded_at < $3 OR (m.awarded_at = $3 AND m.code < $4)) \
+         ORDER BY m.awarded_at DESC, m.code DESC LIMIT $5",
+    )
+    .bind(program_id)
+    .bind(member_id)
+    .bind(at)
+    .bind(code)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(code, name, description, awarded_at)| AwardRow {
+            code,
+            name,
+            description,
+            awarded_at,
+        })
+        .collect())
+}

@@ -1,0 +1,32 @@
+//! Coupon pools, coupons with unguessable codes, validation and redemption
+//! at the point of sale with per-caller brute-force limits, and coupons
+//! issued by campaign actions.
+
+use std::sync::Arc;
+
+use loyalty_common::events::Consumer;
+use loyalty_common::runtime::ServiceRuntime;
+use loyalty_common::server::GrpcServer;
+use loyalty_proto::loyalty::rewards::v1::coupon_service_server::CouponServiceServer;
+
+pub mod attempt_limit;
+mod campaign;
+mod grpc;
+pub mod store;
+
+pub(crate) fn register(rt: &Arc<ServiceRuntime>, server: &mut GrpcServer) {
+    server.add_service(CouponServiceServer::new(grpc::CouponApi {
+        rt: rt.clone(),
+        attempts: attempt_limit::AttemptPolicy::DEFAULT,
+    }));
+}
+
+/// Issues coupons asked for by CampaignActionRequested events.
+pub(crate) fn campaign_consumer(rt: &Arc<ServiceRuntime>) -> Consumer {
+    Consumer::new(
+        "rewards-campaign-coupons",
+        rt.db.clone(),
+        Arc::new(campaign::CampaignCoupons { rt: rt.clone() }),
+    )
+    .with_event_types(&["CampaignActionRequested"])
+}

@@ -1,0 +1,452 @@
+//! Storage of coupon pools, coupons and failed attempts. A coupon is
+//! redeemed by one conditional update (not yet redeemed, not expired), so
+//! of two concurrent redemptions exactly one succeeds.
+
+use loyalty_common::ServiceError;
+use loyalty_common::db::Tx;
+use sqlx::AnyPool;
+
+use crate::engagement::codes;
+use crate::engagement::support::new_id;
+
+/// A pool as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolRow {
+    pub pool_id: String,
+    pub program_id: String,
+    pub name: String,
+    pub description: String,
+    pub discount_minor: Option<i64>,
+    pub discount_currency: Option<String>,
+    pub valid_days: i64,
+    pub max_issued: i64,
+    pub issued_count: i64,
+    pub created_at: i64,
+}
+
+type PoolTuple = (
+    String,
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    i64,
+);
+
+macro_rules! pool_cols {
+    () => {
+        "pool_id, program_id, name, description, discount_minor, discount_currency, valid_days, \
+         max_issued, issued_count, created_at"
+    };
+}
+
+fn pool(t: PoolTuple) -> PoolRow {
+    PoolRow {
+        pool_id: t.0,
+        program_id: t.1,
+        name: t.2,
+        description: t.3,
+        discount_minor: t.4,
+        discount_currency: t.5,
+        valid_days: t.6,
+        max_issued: t.7,
+        issued_count: t.8,
+        created_at: t.9,
+    }
+}
+
+pub async fn insert_pool(tx: &mut Tx, p: &PoolRow) -> Result<(), ServiceError> {
+    sqlx::query(concat!(
+        "INSERT INTO coupon_pools (",
+        pool_cols!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    ))
+    .bind(&p.pool_id)
+    .bind(&p.program_id)
+    .bind(&p.name)
+    .bind(&p.description)
+    .bind(p.discount_minor)
+    .bind(&p.discount_currency)
+    .bind(p.valid_days)
+    .bind(p.max_issued)
+    .bind(p.issued_count)
+    .bind(p.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_pool_tx(
+    tx: &mut Tx,
+    program_id: &str,
+    pool_id: &str,
+) -> Result<Option<PoolRow>, ServiceError> {
+    let row: Option<PoolTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        pool_cols!(),
+        " FROM coupon_pools WHERE program_id = $1 AND pool_id = $2"
+    ))
+    .bind(program_id)
+    .bind(pool_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(pool))
+}
+
+pub async fn get_pool(
+    db: &AnyPool,
+    program_id: &str,
+    pool_id: &str,
+) -> Result<Option<PoolRow>, ServiceError> {
+    let row: Option<PoolTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        pool_cols!(),
+        " FROM coupon_pools WHERE program_id = $1 AND pool_id = $2"
+    ))
+    .bind(program_id)
+    .bind(pool_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(pool))
+}
+
+pub async fn list_pools(
+    db: &AnyPool,
+    program_id: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<PoolRow>, ServiceError> {
+    let rows: Vec<PoolTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        pool_cols!(),
+        " FROM coupon_pools WHERE program_id = $1 AND pool_id > $2 ORDER BY pool_id LIMIT $3"
+    ))
+    .bind(program_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(pool).collect())
+}
+
+/// A coupon as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CouponRow {
+    pub coupon_id: String,
+    pub program_id: String,
+    pub pool_id: String,
+    pub member_id: String,
+    pub code: String,
+    pub source: String,
+    pub campaign_id: Option<String>,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub redeemed_at: Option<i64>,
+    pub redeemed_order_id: Option<String>,
+    /// The pool's description, for display.
+    pub description: String,
+}
+
+type CouponTuple = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    String,
+);
+
+macro_rules! coupon_cols {
+    () => {
+        "c.coupon_id, c.program_id, c.pool_id, c.member_id, c.code, c.source, c.campaign_id, \
+         c.issued_at, c.expires_at, c.redeemed_at, c.redeemed_order_id, p.description \
+         FROM coupons c JOIN coupon_pools p ON p.pool_id = c.pool_id"
+    };
+}
+
+fn coupon(t: CouponTuple) -> CouponRow {
+    CouponRow {
+        coupon_id: t.0,
+        program_id: t.1,
+        pool_id: t.2,
+        member_id: t.3,
+        code: t.4,
+        source: t.5,
+        campaign_id: t.6,
+        issued_at: t.7,
+        expires_at: t.8,
+        redeemed_at: t.9,
+        redeemed_order_id: t.10,
+        description: t.11,
+    }
+}
+
+/// Why a coupon could not be issued.
+#[derive(Debug)]
+pub enum IssueError {
+    PoolNotFound,
+    PoolExhausted,
+    Store(ServiceError),
+}
+
+impl From<ServiceError> for IssueError {
+    fn from(e: ServiceError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<sqlx::Error> for IssueError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl From<IssueError> for ServiceError {
+    fn from(e: IssueError) -> Self {
+        match e {
+            IssueError::PoolNotFound => ServiceError::not_found("coupon pool", ""),
+            IssueError::PoolExhausted => {
+                ServiceError::precondition("the coupon pool has issued all its coupons")
+            }
+            IssueError::Store(e) => e,
+        }
+    }
+}
+
+/// What an issue is for.
+#[derive(Debug, Clone)]
+pub struct IssueRequest<'a> {
+    pub program_id: &'a str,
+    pub pool_id: &'a str,
+    pub member_id: &'a str,
+    /// "redemption", "direct", "campaign".
+    pub source: &'static str,
+    /// Dedupe key of automatic issues; a second issue answers the first coupon.
+    pub issue_key: Option<String>,
+    pub campaign_id: Option<String>,
+    pub now: i64,
+}
+
+/// Issues a coupon with a fresh random code. Returns the coupon and whether
+/// it is new (false: the issue key had been used, this is that coupon).
+pub async fn issue(tx: &mut Tx, r: &IssueRequest<'_>) -> Result<(CouponRow, bool), IssueError> {
+    if let Some(key) = &r.issue_key
+        && let Some(existing) = by_issue_key(tx, r.program_id, key).await?
+    {
+        return Ok((existing, false));
+    }
+    let pool = get_pool_tx(tx, r.program_id, r.pool_id)
+        .await?
+        .ok_or(IssueError::PoolNotFound)?;
+    let counted = sqlx::query(
+        "UPDATE coupon_pools SET issued_count = issued_count + 1 \
+         WHERE program_id = $1 AND pool_id = $2 AND (max_issued = 0 OR issued_count < max_issued)",
+    )
+    .bind(r.program_id)
+    .bind(r.pool_id)
+    .execute(&mut **tx)
+    .await?;
+    if counted.rows_affected() != 1 {
+        return Err(IssueError::PoolExhausted);
+    }
+    let expires_at = r
+        .now
+        .saturating_add(pool.valid_days.saturating_mul(86_400_000_000));
+    let coupon_id = new_id();
+    // 80 random bits: a collision is practically impossible, but the
+    // unique index decides; draw again rather than fail.
+    for _ in 0..3 {
+        let code = codes::new_coupon_code();
+        let inserted = sqlx::query(
+            "INSERT INTO coupons (coupon_id, program_id, pool_id, member_id, code, source, issue_key, \
+             campaign_id, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&coupon_id)
+        .bind(r.program_id)
+        .bind(r.pool_id)
+        .bind(r.member_id)
+        .bind(&code)
+        .bind(r.source)
+        .bind(&r.issue_key)
+        .bind(&r.campaign_id)
+        .bind(r.now)
+        .bind(expires_at)
+        .execute(&mut **tx)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            let row = CouponRow {
+                coupon_id,
+                program_id: r.program_id.to_owned(),
+                pool_id: r.pool_id.to_owned(),
+                member_id: r.member_id.to_owned(),
+                code,
+                source: r.source.to_owned(),
+                campaign_id: r.campaign_id.clone(),
+                issued_at: r.now,
+                expires_at,
+                redeemed_at: None,
+                redeemed_order_id: None,
+                description: pool.description,
+            };
+            return Ok((row, true));
+        }
+    }
+    Err(IssueError::Store(ServiceError::internal(
+        "could not draw an unused coupon code",
+    )))
+}
+
+async fn by_issue_key(
+    tx: &mut Tx,
+    program_id: &str,
+    key: &str,
+) -> Result<Option<CouponRow>, ServiceError> {
+    let row: Option<CouponTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        coupon_cols!(),
+        " WHERE c.program_id = $1 AND c.issue_key = $2"
+    ))
+    .bind(program_id)
+    .bind(key)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(coupon))
+}
+
+pub async fn by_code(
+    tx: &mut Tx,
+    program_id: &str,
+    code: &str,
+) -> Result<Option<CouponRow>, ServiceError> {
+    let row: Option<CouponTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        coupon_cols!(),
+        " WHERE c.program_id = $1 AND c.code = $2"
+    ))
+    .bind(program_id)
+    .bind(code)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(coupon))
+}
+
+pub async fn by_code_read(
+    db: &AnyPool,
+    program_id: &str,
+    code: &str,
+) -> Result<Option<CouponRow>, ServiceError> {
+    let row: Option<CouponTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        coupon_cols!(),
+        " WHERE c.program_id = $1 AND c.code = $2"
+    ))
+    .bind(program_id)
+    .bind(code)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(coupon))
+}
+
+/// Marks the coupon redeemed for `order_id` if it is unused and unexpired;
+/// false otherwise (the caller reads it to say why).
+pub async fn redeem(
+    tx: &mut Tx,
+    program_id: &str,
+    code: &str,
+    order_id: &str,
+    now: i64,
+) -> Result<bool, ServiceError> {
+    let done = sqlx::query(
+        "UPDATE coupons SET redeemed_at = $1, redeemed_order_id = $2 \
+         WHERE program_id = $3 AND code = $4 AND redeemed_at IS NULL AND expires_at > $1",
+    )
+    .bind(now)
+    .bind(order_id)
+    .bind(program_id)
+    .bind(code)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// State filter of a member's list: 0 all, 1 usable, 2 redeemed, 3 expired.
+pub async fn list_member_coupons(
+    db: &AnyPool,
+    program_id: &str,
+    member_id: &str,
+    state: i64,
+    now: i64,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<CouponRow>, ServiceError> {
+    let rows: Vec<CouponTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        coupon_cols!(),
+        " WHERE c.program_id = $1 AND c.member_id = $2 AND ($3 = '' OR c.coupon_id < $3) \
+         AND ($4 = 0 \
+           OR ($4 = 1 AND c.redeemed_at IS NULL AND c.expires_at > $5) \
+           OR ($4 = 2 AND c.redeemed_at IS NOT NULL) \
+           OR ($4 = 3 AND c.redeemed_at IS NULL AND c.expires_at <= $5)) \
+         ORDER BY c.coupon_id DESC LIMIT $6"
+    ))
+    .bind(program_id)
+    .bind(member_id)
+    .bind(before.unwrap_or_default())
+    .bind(state)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(coupon).collect())
+}
+
+/// Failures of `caller` in the window starting at `window_start`.
+pub async fn failures(
+    db: &AnyPool,
+    program_id: &str,
+    caller: &str,
+    window_start: i64,
+) -> Result<i64, ServiceError> {
+    let n: Option<i64> = sqlx::query_scalar(
+        "SELECT failures FROM coupon_attempt_failures \
+         WHERE program_id = $1 AND caller = $2 AND window_start = $3",
+    )
+    .bind(program_id)
+    .bind(caller)
+    .bind(window_start)
+    .fetch_optional(db)
+    .await?;
+    Ok(n.unwrap_or(0))
+}
+
+/// Counts one failure of `caller` (its own transaction: the failed call
+/// itself changes nothing else).
+pub async fn record_failure(
+    tx: &mut Tx,
+    program_id: &str,
+    caller: &str,
+    window_start: i64,
+) -> Result<(), ServiceError> {
+    sqlx::query(
+        "INSERT INTO coupon_attempt_failures (program_id, caller, window_start, failures) \
+         VALUES ($1, $2, $3, 1) ON CONFLICT (program_id, caller, window_start) \
+         DO UPDATE SET failures = coupon_attempt_failures.failures + 1",
+    )
+    .bind(program_id)
+    .bind(caller)
+    .bind(window_start)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! What the rules engine knows of each member (tier and multiplier from
+//! TierChanged, purchase count, check-in streak) and what each rule gave
+//! them per local day (caps).
+
+use chrono::NaiveDate;
+use loyalty_common::ServiceError;
+use loyalty_common::db::Tx;
+
+use crate::domain::earning_rules::{Application, CapPeriod, CapUsage};
+
+/// A member as the rules engine sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MemberState {
+    pub tier: String,
+    pub multiplier_bp: i64,
+    pub purchase_count: i64,
+    pub last_check_in: Option<NaiveDate>,
+    pub streak_days: u32,
+}
+
+async fn ensure(tx: &mut Tx, program_id: &str, member_id: &str) -> Result<(), ServiceError> {
+    sqlx::query(
+        "INSERT INTO member_state (program_id, member_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(program_id)
+    .bind(member_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The member's state (defaults for a member never seen).
+pub(crate) async fn load(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+) -> Result<MemberState, ServiceError> {
+    let row: Option<(String, i64, i64, String, i64)> = sqlx::query_as(
+        "SELECT tier, multiplier_bp, purchase_count, last_check_in, streak_days FROM member_state \
+         WHERE program_id = $1 AND member_id = $2",
+    )
+    .bind(program_id)
+    .bind(member_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let (tier, multiplier_bp, purchase_count, last, streak) =
+        row.unwrap_or((String::new(), 10_000, 0, String::new(), 0));
+    Ok(MemberState {
+        tier,
+        multiplier_bp,
+        purchase_count,
+        last_check_in: NaiveDate::parse_from_str(&last, "%Y-%m-%d").ok(),
+        streak_days: u32::try_from(streak).unwrap_or(0),
+    })
+}
+
+/// Records the member's tier (from TierChanged).
+pub(crate) async fn set_tier(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+    tier: &str,
+    multiplier_bp: i64,
+) -> Result<(), ServiceError> {
+    ensure(tx, program_id, member_id).await?;
+    sqlx::query(
+        "UPDATE member_state SET tier = $1, multiplier_bp = $2 WHERE program_id = $3 AND member_id = $4",
+    )
+    .bind(tier)
+    .bind(if multiplier_bp > 0 { multiplier_bp } else { 10_000 })
+    .bind(program_id)
+    .bind(member_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Counts one more purchase of the member and answers its state after
+/// that (one statement; the row stays locked until commit).
+pub(crate) async fn count_purchase_returning(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+) -> Result<MemberState, ServiceError> {
+    let (tier, multiplier_bp, purchase_count, last, streak): (String, i64, i64, String, i64) = sqlx::query_as(
+        "INSERT INTO member_state (program_id, member_id, purchase_count) VALUES ($1, $2, 1) \
+         ON CONFLICT (program_id, member_id) DO UPDATE SET purchase_count = member_state.purchase_count + 1 \
+         RETURNING tier, multiplier_bp, purchase_count, last_check_in, streak_days",
+    )
+    .bind(program_id)
+    .bind(member_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(MemberState {
+        tier,
+        multiplier_bp,
+        purchase_count,
+        last_check_in: NaiveDate::parse_from_str(&last, "%Y-%m-%d").ok(),
+        streak_days: u32::try_from(streak).unwrap_or(0),
+    })
+}
+
+/// Records a check-in day and the streak it makes.
+pub(crate) async fn set_check_in(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+    day: NaiveDate,
+    streak: u32,
+) -> Result<(), ServiceError> {
+    ensure(tx, program_id, member_id).await?;
+    sqlx::query(
+        "UPDATE member_state SET last_check_in = $1, streak_days = $2 WHERE program_id = $3 AND member_id = $4",
+    )
+    .bind(day.format("%Y-%m-%d").to_string())
+    .bind(i64::from(streak))
+    .bind(program_id)
+    .bind(member_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn day_text(d: NaiveDate) -> String {
+    d.format("%Y-%m-%d").to_string()
+}
+
+/// What capped rules already gave the member: today, this local month, ever.
+pub(crate) async fn cap_usage(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+    today: NaiveDate,
+) -> Result<CapUsage, ServiceError> {
+    let today_s = day_text(today);
+    let month_start = format!("{}-01", today.format("%Y-%m"));
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT rule_id, \
+         CAST(COALESCE(SUM(CASE WHEN local_day = $3 THEN points ELSE 0 END), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN local_day >= $4 AND local_day <= $3 THEN points ELSE 0 END), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(points), 0) AS BIGINT) \
+         FROM rule_awards WHERE program_id = $1 AND member_id = $2 GROUP BY rule_id",
+    )
+    .bind(program_id)
+    .bind(member_id)
+    .bind(&today_s)
+    .bind(&month_start)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut usage = CapUsage::default();
+    for (rule, day, month, ever) in rows {
+        usage.0.insert((rule.clone(), CapPeriod::Day), day);
+        usage.0.insert((rule.clone(), CapPeriod::Month), month);
+        usage.0.insert((rule, CapPeriod::Lifetime), ever);
+    }
+    Ok(usage)
+}
+
+/// Records what each rule (not base/tier) gave today.
+pub(crate) async fn record_awards(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+    today: NaiveDate,
+    applications: &[Application],
+) -> Result<(), ServiceError> {
+    let day = day_text(today);
+    for a in applications
+        .iter()
+        .filter(|a| a.version > 0 && a.points > 0)
+    {
+        sqlx::query(
+            "INSERT INTO rule_awards (program_id, member_id, rule_id, local_day, points) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (program_id, member_id, rule_id, local_day) DO UPDATE SET points = rule_awards.points + excluded.points",
+        )
+        .bind(program_id)
+        .bind(member_id)
+        .bind(&a.rule_id)
+        .bind(&day)
+        .bind(a.points)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
