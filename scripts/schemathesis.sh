@@ -15,7 +15,9 @@ if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/openapi-spec-validator
     schemathesis==4.32.5 openapi-spec-validator==0.9.0
 fi
 
-cargo build --quiet --locked -p loyalty
+# SCHEMATHESIS_CARGO_ARGS: extra cargo arguments (e.g. --config for a shared target dir)
+# shellcheck disable=SC2086
+cargo build --quiet --locked -p loyalty ${SCHEMATHESIS_CARGO_ARGS:-}
 bin="$CARGO_TARGET_DIR/debug/loyalty"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

@@ -106,10 +106,15 @@ impl Suite {
         Self::start_selection(&[], Selection::one(name).unwrap()).await
     }
 
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_within(Duration::from_secs(15)).await;
+    }
+
+    /// Stops, allowing `limit` for the outbox backlog to drain.
+    pub async fn stop_within(mut self, limit: Duration) {
         self.trigger.fire();
         if let Some(r) = self.running.take() {
-            tokio::time::timeout(Duration::from_secs(15), r.wait())
+            tokio::time::timeout(limit, r.wait())
                 .await
                 .expect("stops within 15 s")
                 .expect("stops cleanly");
@@ -317,4 +322,72 @@ pub fn b64url(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// A program admin of p1 (staff JWT).
+pub fn admin() -> [(&'static str, String); 1] {
+    [bearer(&staff_token(PROGRAM, "admin-1", &["program_admin"]))]
+}
+
+/// Creates program p1 (staff admin: tiers by spend, GREEN from 0, GOLD
+/// from 500.00) and its points policy (1 point per 1.00, no pending days,
+/// points expire 12 months after earning), and enrols one member with the
+/// backend key. The member id.
+pub async fn journey_setup(suite: &Suite) -> String {
+    let h = suite.http;
+    let program = serde_json::json!({"program": {
+        "programId": PROGRAM, "name": "Tea House", "currency": "CNY", "timeZone": "Asia/Shanghai",
+        "tiers": [
+            {"code": "GREEN", "name": "Green", "threshold": "0"},
+            {"code": "GOLD", "name": "Gold", "threshold": "50000"}
+        ],
+        "qualifyingMetric": "QUALIFYING_METRIC_SPEND",
+        "qualifyingWindow": {"rollingMonths": 12},
+        "evaluationPolicy": {"anniversaryMonths": 12}
+    }});
+    let r = post(h, "/v1/programs", &admin(), &program).await;
+    assert_eq!(
+        r.status,
+        200,
+        "create program: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let policy = serde_json::json!({
+        "programId": PROGRAM, "timeZone": "Asia/Shanghai", "currency": "CNY",
+        "basePointsPerUnit": "1", "unitMinorUnits": "100", "pendingDays": 0,
+        "expiryMode": "EXPIRY_MODE_MONTHS_AFTER_EARNING", "expiryMonths": 12,
+        "clawbackPolicy": "CLAWBACK_POLICY_WRITE_OFF", "roundingMode": "ROUNDING_MODE_FLOOR"
+    });
+    let r = http(
+        h,
+        "PUT",
+        &format!("/v1/programs/{PROGRAM}/points-policy"),
+        &admin(),
+        Some(policy.to_string().as_bytes()),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        200,
+        "points policy: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = post(
+        h,
+        &format!("/v1/programs/{PROGRAM}/members"),
+        &[api_key()],
+        &serde_json::json!({
+            "externalId": format!("app-user-{}", uuid::Uuid::new_v4().simple()),
+            "profile": {"givenName": "Lin", "locale": "zh-CN"},
+            "enrolmentChannel": "app"
+        }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "enrol: {}", String::from_utf8_lossy(&r.body));
+    let member = r.json()["member"]["memberId"]
+        .as_str()
+        .expect("member id")
+        .to_owned();
+    assert!(!member.is_empty());
+    member
 }

@@ -80,14 +80,14 @@ impl ApiError {
     pub fn invalid(field: impl Into<String>, why: impl Into<String>) -> Self {
         let why = why.into();
         let mut e = Self::new(Code::InvalidArgument, format!("invalid request: {why}"));
-        e.reason = Some("ERROR_REASON_INVALID_ARGUMENT".into());
+        e.reason = Some("INVALID_ARGUMENT".into());
         e.violations.push((field.into(), why));
         e
     }
 
     pub fn unauthenticated(why: impl Into<String>) -> Self {
         let mut e = Self::new(Code::Unauthenticated, why);
-        e.reason = Some("ERROR_REASON_UNAUTHENTICATED".into());
+        e.reason = Some("UNAUTHENTICATED".into());
         e
     }
 
@@ -97,7 +97,7 @@ impl ApiError {
             Code::PermissionDenied,
             "the caller may not perform this call on this resource",
         );
-        e.reason = Some("ERROR_REASON_PERMISSION_DENIED".into());
+        e.reason = Some("PERMISSION_DENIED".into());
         e
     }
 
@@ -106,7 +106,7 @@ impl ApiError {
             Code::Unavailable,
             format!("the {service} service is unavailable; retry later"),
         );
-        e.reason = Some("ERROR_REASON_UNAVAILABLE".into());
+        e.reason = Some("UNAVAILABLE".into());
         e
     }
 
@@ -223,14 +223,14 @@ mod tests {
             "must be positive",
         )]);
         let mut details = details;
-        details.set_error_info("ERROR_REASON_INVALID_ARGUMENT", "loyalty.dev", []);
+        details.set_error_info("INVALID_ARGUMENT", "loyalty.dev", []);
         let status =
             tonic::Status::with_error_details(Code::InvalidArgument, "invalid request", details);
         let e = ApiError::from_status(&status);
         let body = e.body(Some("r1"));
         assert_eq!(e.status().as_u16(), 400);
         assert_eq!(body["code"], "INVALID_ARGUMENT");
-        assert_eq!(body["reason"], "ERROR_REASON_INVALID_ARGUMENT");
+        assert_eq!(body["reason"], "INVALID_ARGUMENT");
         assert_eq!(body["fieldViolations"][0]["field"], "purchase.amount");
         assert_eq!(body["requestId"], "r1");
     }

@@ -116,12 +116,20 @@ async fn section(
 
 pub(crate) async fn handle(
     State(gw): State<Gateway>,
-    Path((program, member)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
     req: Request,
 ) -> Response {
     let ctx = ctx_of(&req);
     let rid = Some(ctx.request_id.as_str());
     let label = format!("GET {ROUTE}");
+    // a malformed path gets the JSON error shape too
+    let Ok(Path((program, member))) = path else {
+        return tag(
+            ApiError::invalid("path", "malformed path parameter").into_response_with(rid),
+            &label,
+            "-",
+        );
+    };
     let principal = match admit(&gw, req.headers()) {
         Ok(p) => p,
         Err(e) => return tag(e.into_response_with(rid), &label, "-"),

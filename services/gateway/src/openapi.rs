@@ -179,7 +179,7 @@ fn error_schema() -> Value {
         "properties": {
             "code": {"type": "string", "description": "gRPC status code name, e.g. INVALID_ARGUMENT"},
             "message": {"type": "string"},
-            "reason": {"type": "string", "description": "loyalty.common.v1.ErrorReason name"},
+            "reason": {"type": "string", "description": "loyalty.common.v1.ErrorReason value name without its ERROR_REASON_ prefix, e.g. INSUFFICIENT_BALANCE"},
             "fieldViolations": {"type": "array", "items": {
                 "type": "object",
                 "required": ["field", "description"],

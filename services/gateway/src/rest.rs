@@ -41,7 +41,7 @@ pub(crate) fn admit(gw: &Gateway, headers: &axum::http::HeaderMap) -> Result<Pri
             tonic::Code::ResourceExhausted,
             "rate limit reached; retry later",
         );
-        e.reason = Some("ERROR_REASON_RESOURCE_EXHAUSTED".into());
+        e.reason = Some("RESOURCE_EXHAUSTED".into());
         e.retry_after = Some(secs);
         return Err(e);
     }

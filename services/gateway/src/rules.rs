@@ -347,7 +347,30 @@ pub fn routes(pool: &DescriptorPool) -> Result<Vec<Route>, String> {
     }
     // most specific first
     out.sort_by_key(|r| std::cmp::Reverse(r.template.literal_count()));
+    for (a, b) in conflicts(&out) {
+        tracing::error!(
+            first = %a, second = %b,
+            "two RPCs claim the same REST route; the first is served, the second only over gRPC"
+        );
+    }
     Ok(out)
+}
+
+/// Pairs of RPCs annotated with the same method and path template (a
+/// contract mistake: only the first is reachable over REST).
+pub fn conflicts(routes: &[Route]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, a) in routes.iter().enumerate() {
+        for b in &routes[i + 1..] {
+            if a.verb == b.verb && a.template.openapi_path() == b.template.openapi_path() {
+                out.push((
+                    a.method.full_name().to_owned(),
+                    b.method.full_name().to_owned(),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The field at a dot-separated path of proto names.
