@@ -113,6 +113,83 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "retention_addr",
         "retention service address(es) for the gateway [default: the suite's own, or http://127.0.0.1:50064]",
     ),
+    (
+        "member_jwt_issuer",
+        "gateway: `iss` of member JWTs (RS256/ES256); unset means member JWTs are not accepted",
+    ),
+    (
+        "member_jwt_audience",
+        "gateway: required `aud` of member JWTs",
+    ),
+    (
+        "member_jwt_keys",
+        "gateway: PEM files (RSA or EC public keys), comma-separated, verifying member JWTs",
+    ),
+    (
+        "member_jwt_jwks",
+        "gateway: JWKS file verifying member JWTs (keys chosen by `kid`)",
+    ),
+    (
+        "member_jwt_program_claim",
+        "gateway: claim of member JWTs holding the program id (`sub` is the member id) [default: program_id]",
+    ),
+    (
+        "staff_jwt_issuer",
+        "gateway: `iss` of staff JWTs (RS256/ES256); unset means staff JWTs are not accepted",
+    ),
+    (
+        "staff_jwt_audience",
+        "gateway: required `aud` of staff JWTs",
+    ),
+    (
+        "staff_jwt_keys",
+        "gateway: PEM files (RSA or EC public keys), comma-separated, verifying staff JWTs",
+    ),
+    ("staff_jwt_jwks", "gateway: JWKS file verifying staff JWTs"),
+    (
+        "staff_jwt_program_claim",
+        "gateway: claim of staff JWTs holding the program id [default: program_id]",
+    ),
+    (
+        "staff_jwt_roles_claim",
+        "gateway: claim of staff JWTs listing roles (program_admin, support_agent, analyst) [default: roles]",
+    ),
+    (
+        "gateway_rate_limit",
+        "gateway: requests per principal, e.g. 20/s or 600/m; 0 turns limiting off [default: 50/s]",
+    ),
+    (
+        "gateway_rate_burst",
+        "gateway: token-bucket size per principal [default: twice the per-second rate, at least 10]",
+    ),
+    (
+        "gateway_body_limit",
+        "gateway: largest request body in bytes (suffix k or m allowed) [default: 64k]",
+    ),
+    (
+        "gateway_page_size_max",
+        "gateway: largest page_size a request may ask for [default: 100]",
+    ),
+    (
+        "gateway_cors_origins",
+        "gateway: origins allowed by CORS, comma-separated, or * [default: none]",
+    ),
+    (
+        "gateway_deadline",
+        "gateway: deadline of a call to a service [default: request_timeout]",
+    ),
+    (
+        "gateway_route_deadlines",
+        "gateway: per-RPC deadlines, comma-separated `Method=duration` (full or short RPC name, e.g. RewardsService.GetBalance=2s)",
+    ),
+    (
+        "gateway_home_deadline",
+        "gateway: deadline of the member home endpoint, all sections together [default: 2s]",
+    ),
+    (
+        "gateway_health_interval",
+        "gateway: how often each service replica is probed with grpc.health.v1 [default: 2s]",
+    ),
 ];
 
 /// The environment variable of a setting: `database_url` → `LOYALTY_DATABASE_URL`.
@@ -312,6 +389,175 @@ impl FromStr for LogFormat {
     }
 }
 
+/// How the gateway verifies one kind of external JWT (member or staff).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtIssuerSettings {
+    pub issuer: String,
+    pub audience: String,
+    /// PEM files with RSA or EC public keys.
+    pub key_files: Vec<PathBuf>,
+    /// A JWKS file (keys chosen by `kid`).
+    pub jwks_file: Option<PathBuf>,
+    /// Claim holding the program id.
+    pub program_claim: String,
+    /// Claim listing staff roles (staff tokens only).
+    pub roles_claim: String,
+}
+
+/// The gateway's own settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewaySettings {
+    pub member_jwt: Option<JwtIssuerSettings>,
+    pub staff_jwt: Option<JwtIssuerSettings>,
+    /// Requests per second per principal; 0.0 means no limit.
+    pub rate_per_second: f64,
+    pub rate_burst: u32,
+    pub body_limit: usize,
+    pub page_size_max: i64,
+    /// Allowed CORS origins (`*` allows any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    pub deadline: Duration,
+    /// RPC name (full `pkg.Service.Method` or `Service.Method`) → deadline.
+    pub route_deadlines: Vec<(String, Duration)>,
+    pub home_deadline: Duration,
+    pub health_interval: Duration,
+}
+
+fn comma_list(v: Option<String>) -> Vec<String> {
+    v.map(|s| {
+        s.split(',')
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn jwt_issuer(src: &Source, kind: &str) -> Result<Option<JwtIssuerSettings>, ConfigError> {
+    let name = |s: &str| format!("{kind}_jwt_{s}");
+    let Some(issuer) = src.get::<String>(&name("issuer"))? else {
+        return Ok(None);
+    };
+    let audience = src
+        .get::<String>(&name("audience"))?
+        .ok_or_else(|| src.error(&name("issuer"), format!("needs {kind}_jwt_audience too")))?;
+    let key_files: Vec<PathBuf> = comma_list(src.get(&name("keys"))?)
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    let jwks_file: Option<PathBuf> = src.get(&name("jwks"))?;
+    if key_files.is_empty() && jwks_file.is_none() {
+        return Err(src.error(
+            &name("issuer"),
+            format!("needs {kind}_jwt_keys or {kind}_jwt_jwks to verify tokens"),
+        ));
+    }
+    let roles_claim = if kind == "staff" {
+        src.get_or(&name("roles_claim"), "roles".to_owned())?
+    } else {
+        "roles".to_owned()
+    };
+    Ok(Some(JwtIssuerSettings {
+        issuer,
+        audience,
+        key_files,
+        jwks_file,
+        program_claim: src.get_or(&name("program_claim"), "program_id".to_owned())?,
+        roles_claim,
+    }))
+}
+
+/// A rate: `20/s`, `600/m`, `0` (off) or plain per-second numbers.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let (n, per) = s.split_once('/').unwrap_or((s, "s"));
+    let n: f64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate (use e.g. 20/s or 600/m)"))?;
+    let secs = match per.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown rate unit {other:?} (use s, m or h)")),
+    };
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("{s:?} must not be negative"));
+    }
+    Ok(n / secs)
+}
+
+/// A size in bytes: `65536`, `64k`, `1m`.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = s.strip_suffix('k') {
+        (n, 1024)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 1024 * 1024)
+    } else {
+        (s.as_str(), 1)
+    };
+    num.trim()
+        .parse::<usize>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("{s:?} is not a size (use e.g. 65536, 64k or 1m)"))
+}
+
+impl GatewaySettings {
+    fn from_source(src: &Source, request_timeout: Duration) -> Result<Self, ConfigError> {
+        let rate_per_second = match src.get::<String>("gateway_rate_limit")? {
+            None => 50.0,
+            Some(v) => parse_rate(&v).map_err(|e| src.error("gateway_rate_limit", e))?,
+        };
+        let default_burst = ((rate_per_second * 2.0).ceil() as u32).max(10);
+        let body_limit = match src.get::<String>("gateway_body_limit")? {
+            None => 64 * 1024,
+            Some(v) => parse_size(&v).map_err(|e| src.error("gateway_body_limit", e))?,
+        };
+        let mut route_deadlines = Vec::new();
+        for item in comma_list(src.get("gateway_route_deadlines")?) {
+            let (name, d) = item.split_once('=').ok_or_else(|| {
+                src.error(
+                    "gateway_route_deadlines",
+                    format!("{item:?} is not Method=duration"),
+                )
+            })?;
+            let d: HumanDuration = d
+                .parse()
+                .map_err(|e: String| src.error("gateway_route_deadlines", e))?;
+            route_deadlines.push((name.trim().to_owned(), d.0));
+        }
+        let page_size_max: i64 = src.get_or("gateway_page_size_max", 100)?;
+        if page_size_max < 1 {
+            return Err(src.error("gateway_page_size_max", "must be at least 1"));
+        }
+        Ok(Self {
+            member_jwt: jwt_issuer(src, "member")?,
+            staff_jwt: jwt_issuer(src, "staff")?,
+            rate_per_second,
+            rate_burst: src.get_or("gateway_rate_burst", default_burst)?.max(1),
+            body_limit,
+            page_size_max,
+            cors_origins: comma_list(src.get("gateway_cors_origins")?),
+            deadline: src
+                .get_or("gateway_deadline", HumanDuration(request_timeout))?
+                .0,
+            route_deadlines,
+            home_deadline: src
+                .get_or(
+                    "gateway_home_deadline",
+                    HumanDuration(Duration::from_secs(2)),
+                )?
+                .0,
+            health_interval: src
+                .get_or(
+                    "gateway_health_interval",
+                    HumanDuration(Duration::from_secs(2)),
+                )?
+                .0,
+        })
+    }
+}
+
 /// The four domain services.
 pub const SERVICES: [&str; 4] = ["membership", "rewards", "feedback", "retention"];
 
@@ -346,6 +592,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Service name → addresses the gateway calls (empty: the suite's own).
     pub upstreams: BTreeMap<String, Vec<String>>,
+    /// The gateway's settings (external credentials, limits, deadlines).
+    pub gateway: GatewaySettings,
 }
 
 impl Config {
@@ -397,6 +645,10 @@ impl Config {
                 upstreams.insert(s.to_owned(), addrs);
             }
         }
+        let request_timeout = src
+            .get_or("request_timeout", HumanDuration(Duration::from_secs(10)))?
+            .0;
+        let gateway = GatewaySettings::from_source(src, request_timeout)?;
         let db_max_connections: u32 = src.get_or("db_max_connections", 16)?;
         if db_max_connections == 0 {
             return Err(src.error("db_max_connections", "must be at least 1"));
@@ -410,9 +662,7 @@ impl Config {
             nats_stream: src.get_or("nats_stream", "LOYALTY_EVENTS".to_owned())?,
             auth_secret,
             api_keys,
-            request_timeout: src
-                .get_or("request_timeout", HumanDuration(Duration::from_secs(10)))?
-                .0,
+            request_timeout,
             shutdown_grace: src
                 .get_or("shutdown_grace", HumanDuration(Duration::from_secs(20)))?
                 .0,
@@ -420,6 +670,7 @@ impl Config {
             log: src.get_or("log", "info".to_owned())?,
             log_format: src.get_or("log_format", LogFormat::Text)?,
             upstreams,
+            gateway,
         };
         if let Some(url) = &config.nats_url
             && !url.starts_with("nats://")
@@ -542,6 +793,61 @@ mod tests {
         assert!(err.to_string().contains("LOYALTY_AUTH_SECRET"), "{err}");
         // the value itself is never echoed
         assert!(!err.to_string().contains("short\""), "{err}");
+    }
+
+    #[test]
+    fn gateway_settings_parse_and_name_bad_values() {
+        let c = load(&[]).unwrap();
+        assert!(c.gateway.member_jwt.is_none());
+        assert!((c.gateway.rate_per_second - 50.0).abs() < f64::EPSILON);
+        assert_eq!(c.gateway.body_limit, 64 * 1024);
+        assert_eq!(c.gateway.deadline, Duration::from_secs(10));
+
+        let c = load(&[
+            ("LOYALTY_MEMBER_JWT_ISSUER", "https://id.example"),
+            ("LOYALTY_MEMBER_JWT_AUDIENCE", "loyalty-app"),
+            ("LOYALTY_MEMBER_JWT_KEYS", "a.pem, b.pem"),
+            ("LOYALTY_GATEWAY_RATE_LIMIT", "600/m"),
+            ("LOYALTY_GATEWAY_BODY_LIMIT", "1m"),
+            (
+                "LOYALTY_GATEWAY_CORS_ORIGINS",
+                "https://app.example,https://web.example",
+            ),
+            (
+                "LOYALTY_GATEWAY_ROUTE_DEADLINES",
+                "RewardsService.GetBalance=500ms",
+            ),
+        ])
+        .unwrap();
+        let m = c.gateway.member_jwt.unwrap();
+        assert_eq!(m.key_files.len(), 2);
+        assert_eq!(m.program_claim, "program_id");
+        assert!((c.gateway.rate_per_second - 10.0).abs() < f64::EPSILON);
+        assert_eq!(c.gateway.rate_burst, 20);
+        assert_eq!(c.gateway.body_limit, 1024 * 1024);
+        assert_eq!(c.gateway.cors_origins.len(), 2);
+        assert_eq!(
+            c.gateway.route_deadlines,
+            vec![(
+                "RewardsService.GetBalance".to_owned(),
+                Duration::from_millis(500)
+            )]
+        );
+
+        let err = load(&[
+            ("LOYALTY_MEMBER_JWT_ISSUER", "x"),
+            ("LOYALTY_MEMBER_JWT_AUDIENCE", "y"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("LOYALTY_MEMBER_JWT_ISSUER"),
+            "{err}"
+        );
+        let err = load(&[("LOYALTY_GATEWAY_RATE_LIMIT", "fast")]).unwrap_err();
+        assert!(
+            err.to_string().contains("LOYALTY_GATEWAY_RATE_LIMIT"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub async fn start(
         .map(|r| r.parse::<auth::ApiKeyRecord>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("invalid setting LOYALTY_API_KEYS: {e}"))?;
+    let api_key_records = api_keys.clone();
     let verifier = Arc::new(auth::Verifier::new(&secret, api_keys));
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -193,9 +194,14 @@ pub async fn start(
                 vec![addr]
             });
         }
-        let upstreams = loyalty_gateway::Upstreams::new(&upstreams)?;
+        let gateway = loyalty_gateway::Gateway::new(
+            &upstreams,
+            &config.gateway,
+            &secret,
+            api_key_records.clone(),
+        )?;
         let (addr, serve) =
-            loyalty_gateway::bind(config.http_listen, upstreams, shutdown.clone()).await?;
+            loyalty_gateway::bind(config.http_listen, gateway, shutdown.clone()).await?;
         http_addr = Some(addr);
         if description.is_empty() {
             description.push_str("gateway alone");

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use loyalty_common::config::{Config, Source};
 use loyalty_common::server::Shutdown;
-use loyalty_gateway::{Upstreams, bind};
+use loyalty_gateway::{Gateway, Upstreams, bind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
@@ -27,9 +28,11 @@ async fn readiness_names_the_service_that_is_down() {
     };
     let mut addrs = BTreeMap::new();
     addrs.insert("rewards".to_owned(), vec![format!("http://{closed}")]);
-    let upstreams = Upstreams::new(&addrs).unwrap();
+    let config = Config::from_source(&Source::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let secret = loyalty_common::auth::Secret::new(vec![7; 32]);
+    let gateway = Gateway::new(&addrs, &config.gateway, &secret, Vec::new()).unwrap();
     let (_trigger, shutdown) = Shutdown::new();
-    let (addr, serve) = bind("127.0.0.1:0".parse().unwrap(), upstreams, shutdown)
+    let (addr, serve) = bind("127.0.0.1:0".parse().unwrap(), gateway, shutdown)
         .await
         .unwrap();
     tokio::spawn(serve);
@@ -52,6 +55,8 @@ async fn readiness_names_the_service_that_is_down() {
 fn a_bad_upstream_address_is_refused_at_start() {
     let mut addrs = BTreeMap::new();
     addrs.insert("rewards".to_owned(), vec!["http://bad host".to_owned()]);
-    let err = Upstreams::new(&addrs).unwrap_err().to_string();
+    let err = Upstreams::new(&addrs, std::time::Duration::from_secs(1))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("rewards"), "{err}");
 }
