@@ -265,6 +265,7 @@ fn points_earned(
                 cause: "o1".into(),
                 pending_until: None,
                 expires_at: None,
+                entry_kind: "earn".into(),
             },
         ),
     )
