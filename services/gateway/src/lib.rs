@@ -340,6 +340,13 @@ impl Gateway {
                 return Err(tonic::Status::deadline_exceeded("deadline exceeded"));
             }
             let result = tokio::time::timeout(left + Duration::from_millis(50), async {
+                // no replica passed its last probe: answer at once rather
+                // than wait for a connection until the deadline (503, not 504)
+                if !self.0.upstreams.is_serving(service) {
+                    return Err(tonic::Status::unavailable(format!(
+                        "the {service} service is unavailable"
+                    )));
+                }
                 let channel = self
                     .0
                     .upstreams
