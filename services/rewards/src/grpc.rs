@@ -14,7 +14,7 @@ use loyalty_common::jobs::{self, JobRunner};
 use loyalty_common::paging::{self, Page, PageLimits};
 use loyalty_common::runtime::ServiceRuntime;
 use loyalty_common::server::GrpcServer;
-use loyalty_proto::common::{PageRequest, PageResponse};
+use loyalty_proto::common::PageRequest;
 use loyalty_proto::loyalty::rewards::v1 as pb;
 use loyalty_proto::loyalty::rewards::v1::rewards_service_server::{
     RewardsService, RewardsServiceServer,
@@ -102,11 +102,7 @@ fn page(req: Option<&PageRequest>, fingerprint: &str) -> Result<Page, ServiceErr
     paging::parse(r.page_size, &r.page_token, LIMITS, fingerprint)
 }
 
-fn page_response(token: String) -> PageResponse {
-    PageResponse {
-        next_page_token: token,
-    }
-}
+use crate::engagement::support::page_response;
 
 impl RewardsApi {
     fn now(&self) -> DateTime<Utc> {

@@ -17,7 +17,7 @@ mod coupons;
 mod partners;
 mod points;
 mod referrals;
-mod support;
+pub(crate) mod support;
 
 /// Adds the engagement gRPC services to the rewards server.
 pub(crate) fn register(rt: &Arc<ServiceRuntime>, server: &mut GrpcServer) {
