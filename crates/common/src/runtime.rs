@@ -106,3 +106,37 @@ impl ServiceRuntime {
         })
     }
 }
+
+/// Brings `services` (each with its opened database) up on `server` the one
+/// way the launcher and the tests share: a runtime per service deciding by
+/// `clock`, its RPCs registered and its consumers subscribed to `bus`.
+/// Relays ([`ServiceRuntime::relay`]) and jobs start afterwards, once every
+/// consumer of the process is subscribed, so no event is published before
+/// a consumer of this process listens.
+pub async fn assemble(
+    services: Vec<(ServiceDef, Db)>,
+    bus: &Arc<dyn EventBus>,
+    clock: &Clock,
+    server: &mut GrpcServer,
+    shutdown: &crate::server::Shutdown,
+) -> Result<Vec<(ServiceDef, Arc<ServiceRuntime>)>, crate::events::BusError> {
+    let mut runtimes = Vec::with_capacity(services.len());
+    for (def, db) in services {
+        let rt = Arc::new(ServiceRuntime::new(&def, db, bus.clone()).with_clock(clock.clone()));
+        (def.register)(rt.clone(), server);
+        for consumer in (def.consumers)(&rt) {
+            bus.subscribe(Arc::new(consumer), shutdown.clone()).await?;
+        }
+        runtimes.push((def, rt));
+    }
+    Ok(runtimes)
+}
+
+impl ServiceRuntime {
+    /// The relay that publishes this service's outbox, woken by
+    /// [`ServiceRuntime::outbox`].
+    pub fn relay(&self) -> crate::events::Relay {
+        crate::events::Relay::new(self.name, self.db.clone(), self.bus.clone())
+            .with_notifier(self.outbox.clone())
+    }
+}

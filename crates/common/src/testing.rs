@@ -179,8 +179,7 @@ impl TestService {
         use std::sync::Arc;
 
         use crate::auth::{Minter, Secret, Verifier};
-        use crate::events::{EventBus, InProcessBus, Relay};
-        use crate::runtime::ServiceRuntime;
+        use crate::events::{EventBus, InProcessBus};
         use crate::server::{GrpcServer, Shutdown};
 
         let secret = Secret::new(uuid::Uuid::new_v4().as_bytes().repeat(2));
@@ -193,26 +192,24 @@ impl TestService {
             std::time::Duration::from_secs(60),
             std::time::Duration::from_secs(5),
         );
-        let mut runtimes = Vec::new();
         let mut dbs = Vec::new();
+        let mut opened = Vec::new();
         for def in defs {
             let db = engine.database(def.migrations).await;
-            let rt = Arc::new(
-                ServiceRuntime::new(def, db.db.clone(), bus.clone()).with_clock(clock.clone()),
-            );
-            (def.register)(rt.clone(), &mut server);
-            for consumer in (def.consumers)(&rt) {
-                bus.subscribe(Arc::new(consumer), shutdown.clone())
-                    .await
-                    .unwrap_or_else(|e| panic!("subscribe {} consumer: {e}", def.name));
-            }
-            runtimes.push(rt);
+            opened.push((*def, db.db.clone()));
             dbs.push(db);
         }
+        let runtimes: Vec<_> =
+            crate::runtime::assemble(opened, &bus, &clock, &mut server, &shutdown)
+                .await
+                .unwrap_or_else(|e| panic!("start test services: {e}"))
+                .into_iter()
+                .map(|(_, rt)| rt)
+                .collect();
         let mut tasks = tokio::task::JoinSet::new();
         for rt in &runtimes {
-            let relay = Relay::new(rt.name, rt.db.clone(), bus.clone())
-                .with_notifier(rt.outbox.clone())
+            let relay = rt
+                .relay()
                 .with_poll_interval(std::time::Duration::from_millis(20));
             tasks.spawn(relay.run(shutdown.clone()));
         }

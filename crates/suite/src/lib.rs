@@ -15,7 +15,7 @@ use loyalty_common::db::{Db, PoolSettings};
 use loyalty_common::events::{self, EventBus};
 use loyalty_common::housekeeping::Housekeeping;
 use loyalty_common::jobs::{JobRunner, Schedule};
-use loyalty_common::runtime::{ServiceDef, ServiceRuntime};
+use loyalty_common::runtime::{self, ServiceDef};
 use loyalty_common::server::{GrpcServer, Shutdown};
 
 /// Every domain service, in start order.
@@ -148,20 +148,19 @@ pub async fn start(
             config.request_timeout,
             config.shutdown_grace,
         );
-        let mut runtimes = Vec::new();
-        for (def, db) in opened {
-            let rt = Arc::new(ServiceRuntime::new(def, db.clone(), bus.clone()));
-            (def.register)(rt.clone(), &mut server);
-            for consumer in (def.consumers)(&rt) {
-                bus.subscribe(Arc::new(consumer), shutdown.clone()).await?;
-            }
-            runtimes.push((def, rt));
-            dbs.push(db);
-        }
+        dbs.extend(opened.iter().map(|(_, db)| db.clone()));
+        let opened = opened.into_iter().map(|(def, db)| (*def, db)).collect();
+        let runtimes = runtime::assemble(
+            opened,
+            &bus,
+            &loyalty_common::clock::Clock::system(),
+            &mut server,
+            &shutdown,
+        )
+        .await?;
         // Relays and jobs start once every consumer is subscribed.
         for (def, rt) in &runtimes {
-            let relay = events::Relay::new(rt.name, rt.db.clone(), bus.clone())
-                .with_notifier(rt.outbox.clone());
+            let relay = rt.relay();
             let sd = shutdown.clone();
             tasks.spawn(async move {
                 relay.run(sd).await;
