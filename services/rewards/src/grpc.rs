@@ -26,10 +26,10 @@ use crate::domain::earning_rules::{Behaviour, rule_from_proto};
 use crate::domain::expiry::PointsPolicy;
 use crate::jobs::{PendingRelease, PointsExpiry};
 use crate::store::ledger::{self, Cause, EntryKind, LotTerms, Posting};
-use crate::validation::require_id as check_id;
 use crate::store::{
     ledger_behaviour, ledger_policy, ledger_purchases, ledger_queries, rules, rules_cache,
 };
+use crate::validation::require_id as check_id;
 
 /// Adds every gRPC service of the rewards service to `server`.
 pub(crate) fn register(rt: Arc<ServiceRuntime>, server: &mut GrpcServer) {

@@ -33,9 +33,7 @@ pub(crate) fn check_id(v: &mut Violations, field: &str, value: &str) {
 
 /// INVALID_ARGUMENT naming `field` when `value` is not an acceptable id.
 pub(crate) fn require_id(field: &str, value: &str) -> Result<(), ServiceError> {
-    id_problem(value).map_or(Ok(()), |problem| {
-        Err(ServiceError::invalid(field, problem))
-    })
+    id_problem(value).map_or(Ok(()), |problem| Err(ServiceError::invalid(field, problem)))
 }
 
 #[cfg(test)]

@@ -12,15 +12,15 @@ use catalog_support::*;
 use futures::future::join_all;
 use loyalty_common::test_on_both_engines;
 use loyalty_common::testing::{self, TestEngine, TestService};
+use loyalty_proto::common::PageRequest;
 use loyalty_proto::events::CampaignActionRequested;
 use loyalty_proto::events::campaign_action_requested::Action;
 use loyalty_proto::events::event_envelope::Payload;
-use loyalty_proto::common::PageRequest;
 use loyalty_proto::loyalty::rewards::v1::rewards_service_client::RewardsServiceClient;
 use loyalty_proto::loyalty::rewards::v1::{
-    AdjustRequest, Coupon, CouponPool, CouponSource, CouponState, CreateCouponPoolRequest, GetBalanceRequest,
-    IssueCouponRequest, ListLedgerEntriesRequest, ListMemberCouponsRequest, RedeemCouponRequest,
-    RunCouponExpiryRequest, ValidateCouponRequest,
+    AdjustRequest, Coupon, CouponPool, CouponSource, CouponState, CreateCouponPoolRequest,
+    GetBalanceRequest, IssueCouponRequest, ListLedgerEntriesRequest, ListMemberCouponsRequest,
+    RedeemCouponRequest, RunCouponExpiryRequest, ValidateCouponRequest,
 };
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -360,9 +360,7 @@ async fn marked_expired(t: &TestService, coupon_id: &str) -> Option<i64> {
         .expect("coupon row")
 }
 
-async fn expiry_starts_at_the_validity_end_and_the_job_marks_each_coupon_once(
-    engine: TestEngine,
-) {
+async fn expiry_starts_at_the_validity_end_and_the_job_marks_each_coupon_once(engine: TestEngine) {
     let t = start(engine).await;
     let p = pool(&t, 1, 0).await;
     let kept = issue(&t, &p.pool_id, "m1").await.expect("issue");
@@ -370,15 +368,17 @@ async fn expiry_starts_at_the_validity_end_and_the_job_marks_each_coupon_once(
     // the manual clock stands still: both end at the same instant
     assert_eq!(kept.expires_at, used.expires_at);
     let end = used.expires_at.expect("expires_at");
-    let end = chrono::DateTime::from_timestamp(end.seconds, end.nanos.unsigned_abs())
-        .expect("instant");
+    let end =
+        chrono::DateTime::from_timestamp(end.seconds, end.nanos.unsigned_abs()).expect("instant");
 
     // the last microsecond of validity: usable, nothing to mark
     t.clock().set(end - chrono::Duration::microseconds(1));
     validate_as(&t, &backend(), &kept.code)
         .await
         .expect("valid until its end");
-    redeem(&t, &used.code, "order-1").await.expect("redeem in time");
+    redeem(&t, &used.code, "order-1")
+        .await
+        .expect("redeem in time");
     assert_eq!(run_expiry(&t, &admin()).await.expect("run"), 0);
 
     // from the end on, refused with a stable reason before the job has run
@@ -439,8 +439,13 @@ async fn campaign_grants_apply_once_however_often_delivered(engine: TestEngine) 
         e
     };
     t.publish(&[grant.clone(), coupon.clone()]).await;
-    t.publish(&[grant.clone(), coupon.clone(), resent(&grant), resent(&coupon)])
-        .await;
+    t.publish(&[
+        grant.clone(),
+        coupon.clone(),
+        resent(&grant),
+        resent(&coupon),
+    ])
+    .await;
     t.settle().await;
 
     let balance = RewardsServiceClient::new(t.channel())
@@ -486,7 +491,9 @@ async fn ids_and_page_sizes_follow_the_rules_of_the_points_core(engine: TestEngi
     let p = pool(&t, 30, 0).await;
     // the longest id the points core accepts is accepted here too, one more is not
     let longest = "m".repeat(128);
-    let c = issue(&t, &p.pool_id, &longest).await.expect("128 characters");
+    let c = issue(&t, &p.pool_id, &longest)
+        .await
+        .expect("128 characters");
     assert_eq!(c.member_id, longest);
     let too_long = issue(&t, &p.pool_id, &"m".repeat(129)).await.unwrap_err();
     assert_eq!(violated_fields(&too_long), ["member_id"]);

@@ -318,7 +318,10 @@ async fn refund_a_qualifying_order(t: &TestService) -> Vec<(String, i64)> {
     let code = code_of(t, "alice").await;
     let referral = apply(t, "bob", &code).await.expect("apply");
     purchase(t, "bob", "o1", 8_000).await;
-    assert_eq!(referral_of(t, "alice").await.state(), ReferralState::Qualified);
+    assert_eq!(
+        referral_of(t, "alice").await.state(),
+        ReferralState::Qualified
+    );
     RewardsServiceClient::new(t.channel())
         .adjust(t.request(
             AdjustRequest {
@@ -344,7 +347,10 @@ async fn refund_a_qualifying_order(t: &TestService) -> Vec<(String, i64)> {
         e
     }))
     .await;
-    assert_eq!(referral_of(t, "alice").await.state(), ReferralState::Qualified);
+    assert_eq!(
+        referral_of(t, "alice").await.state(),
+        ReferralState::Qualified
+    );
     assert_eq!(referral_credits(t, &referral.referral_id).await.len(), 2);
 
     // the rest of the order: refunded in full, both rewards are taken back
@@ -371,9 +377,7 @@ async fn refund_a_qualifying_order(t: &TestService) -> Vec<(String, i64)> {
     credits.into_iter().filter(|c| c.0 == "alice").collect()
 }
 
-async fn a_full_refund_takes_back_both_rewards_once_writing_off_what_was_spent(
-    engine: TestEngine,
-) {
+async fn a_full_refund_takes_back_both_rewards_once_writing_off_what_was_spent(engine: TestEngine) {
     let t = start(engine).await;
     let alice = refund_a_qualifying_order(&t).await;
     // 30 were left to take; the 70 alice spent are written off

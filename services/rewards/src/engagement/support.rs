@@ -13,12 +13,11 @@ use loyalty_proto::common::{PageRequest, PageResponse};
 use loyalty_proto::events::event_envelope::Payload;
 use prost_types::Timestamp;
 
-pub(crate) use crate::validation::check_id;
 use crate::validation::PAGE_LIMITS;
+pub(crate) use crate::validation::check_id;
 
 /// Producer name on every event.
 pub const PRODUCER: &str = "rewards";
-
 
 /// A new time-ordered id.
 pub fn new_id() -> String {

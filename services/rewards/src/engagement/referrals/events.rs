@@ -167,8 +167,8 @@ impl ReferralEvents {
             .amount
             .as_ref()
             .map_or((0, ""), |m| (m.minor_units, m.currency.as_str()));
-        let full = store::count_refund(tx, &referral.referral_id, &r.refund_id, minor, currency)
-            .await?;
+        let full =
+            store::count_refund(tx, &referral.referral_id, &r.refund_id, minor, currency).await?;
         if !full || !store::claw_back(tx, &referral.referral_id, now_micros(&self.rt)).await? {
             return Ok(());
         }
