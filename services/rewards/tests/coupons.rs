@@ -516,7 +516,8 @@ async fn ids_and_page_sizes_follow_the_rules_of_the_points_core(engine: TestEngi
 
     // one page-size cap: 500 is served by both, 501 refused by both
     let coupons_page = |size: i32| {
-        coupons(&t).list_member_coupons(t.request(
+        let mut client = coupons(&t);
+        let req = t.request(
             ListMemberCouponsRequest {
                 program_id: PROGRAM.into(),
                 member_id: "m1".into(),
@@ -527,10 +528,12 @@ async fn ids_and_page_sizes_follow_the_rules_of_the_points_core(engine: TestEngi
                 }),
             },
             &admin(),
-        ))
+        );
+        async move { client.list_member_coupons(req).await.map(|_| ()) }
     };
     let entries_page = |size: i32| {
-        RewardsServiceClient::new(t.channel()).list_ledger_entries(t.request(
+        let mut client = RewardsServiceClient::new(t.channel());
+        let req = t.request(
             ListLedgerEntriesRequest {
                 program_id: PROGRAM.into(),
                 member_id: "m1".into(),
@@ -540,7 +543,8 @@ async fn ids_and_page_sizes_follow_the_rules_of_the_points_core(engine: TestEngi
                 }),
             },
             &admin(),
-        ))
+        );
+        async move { client.list_ledger_entries(req).await.map(|_| ()) }
     };
     coupons_page(500).await.expect("at the cap");
     entries_page(500).await.expect("at the cap");

@@ -297,6 +297,7 @@ async fn set_clawback(t: &TestService, clawback: ClawbackPolicy) {
         .policy
         .expect("policy");
     policy.clawback_policy = clawback.into();
+    policy.currency = "CNY".into();
     client
         .set_program_policy(t.request(
             SetProgramPolicyRequest {
