@@ -29,6 +29,7 @@ use crate::store::ledger::{self, Cause, EntryKind, LotTerms, Posting};
 use crate::store::{
     ledger_behaviour, ledger_policy, ledger_purchases, ledger_queries, rules, rules_cache,
 };
+use crate::validation::require_id as check_id;
 
 /// Adds every gRPC service of the rewards service to `server`.
 pub(crate) fn register(rt: Arc<ServiceRuntime>, server: &mut GrpcServer) {
@@ -50,7 +51,7 @@ pub(crate) fn register(rt: Arc<ServiceRuntime>, server: &mut GrpcServer) {
 /// Set to `off` to give every RecordPurchase its own transaction.
 pub const GROUP_COMMIT_ENV: &str = "LOYALTY_REWARDS_GROUP_COMMIT";
 
-const LIMITS: PageLimits = PageLimits::new(50, 500);
+const LIMITS: PageLimits = crate::validation::PAGE_LIMITS;
 const MAX_POINTS: i64 = 1_000_000_000;
 
 struct RewardsApi {
@@ -78,13 +79,6 @@ fn staff_subject(p: &Principal) -> String {
         Principal::System { key_id, .. } => format!("system:{key_id}"),
         Principal::Member { member_id, .. } => format!("member:{member_id}"),
     }
-}
-
-fn check_id(field: &str, value: &str) -> Result<(), ServiceError> {
-    if value.is_empty() || value.len() > 128 {
-        return Err(ServiceError::invalid(field, "must be 1 to 128 characters"));
-    }
-    Ok(())
 }
 
 fn check_points(field: &str, points: i64) -> Result<(), ServiceError> {

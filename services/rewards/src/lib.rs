@@ -12,6 +12,7 @@ mod events;
 mod grpc;
 mod jobs;
 mod store;
+mod validation;
 
 pub use grpc::GROUP_COMMIT_ENV;
 use loyalty_common::db::Migrations;
@@ -30,7 +31,7 @@ pub const SERVICE: ServiceDef = ServiceDef {
     migrations: &[MIGRATIONS],
     register: grpc::register,
     consumers,
-    jobs: jobs::scheduled,
+    jobs: scheduled_jobs,
 };
 
 /// The points core's consumers and the engagement ones.
@@ -39,6 +40,15 @@ fn consumers(
 ) -> Vec<loyalty_common::events::Consumer> {
     let mut all = events::consumers(rt);
     all.extend(engagement::consumers(rt));
+    all
+}
+
+/// The points lifecycle jobs and the engagement ones.
+fn scheduled_jobs(
+    rt: &std::sync::Arc<loyalty_common::runtime::ServiceRuntime>,
+) -> Vec<loyalty_common::runtime::ScheduledJob> {
+    let mut all = jobs::scheduled(rt);
+    all.extend(engagement::jobs(rt));
     all
 }
 

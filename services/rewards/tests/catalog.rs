@@ -103,8 +103,8 @@ async fn redemption_reserves_then_cancel_returns_points_and_stock_exactly(engine
     assert_eq!(order.points, 200);
     assert_eq!(stock(&t, &item.item_id).await, 3);
     assert_eq!(available(&t, "m1").await, 150);
-    let redeemed = emitted(&t, "RewardRedeemed").await;
-    assert_eq!(redeemed.len(), 1);
+    // reserved is not redeemed: nothing is announced until fulfilment
+    assert!(emitted(&t, "RewardRedeemed").await.is_empty());
 
     let cancel = |who| {
         t.request(
@@ -140,6 +140,16 @@ async fn redemption_reserves_then_cancel_returns_points_and_stock_exactly(engine
         .expect("cancel replay");
     assert_eq!(available(&t, "m1").await, 350);
     assert_eq!(stock(&t, &item.item_id).await, 5);
+    // the points came back through one reversing ledger entry, announced once
+    let returned: Vec<_> = emitted(&t, "PointsEarned")
+        .await
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            Some(Payload::PointsEarned(p)) if p.entry_kind == "reverse" => Some(p.points),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(returned, [200]);
     // a cancelled order cannot be fulfilled
     let late = catalog(&t)
         .fulfil_redemption(t.request(
@@ -152,6 +162,7 @@ async fn redemption_reserves_then_cancel_returns_points_and_stock_exactly(engine
         .await
         .unwrap_err();
     assert_code(&late, Code::FailedPrecondition);
+    assert!(emitted(&t, "RewardRedeemed").await.is_empty());
     t.stop().await;
 }
 
@@ -188,6 +199,21 @@ async fn fulfilled_orders_are_final_and_only_operators_fulfil(engine: TestEngine
             .expect("order");
         assert_eq!(done.state(), RedemptionState::Fulfilled);
     }
+    // announced at fulfilment, once although fulfil was replayed
+    let redeemed: Vec<_> = emitted(&t, "RewardRedeemed")
+        .await
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            Some(Payload::RewardRedeemed(r)) => Some((e.member_id, r)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(redeemed.len(), 1);
+    let (who, r) = &redeemed[0];
+    assert_eq!(who, "m1");
+    assert_eq!(r.redemption_id, order.redemption_id);
+    assert_eq!((r.points, r.quantity), (50, 1));
+    assert_eq!(r.item_kind, "goods");
     let refused = catalog(&t)
         .cancel_redemption(t.request(
             CancelRedemptionRequest {
@@ -428,6 +454,8 @@ async fn coupon_items_issue_a_coupon_at_once(engine: TestEngine) {
     assert_eq!(list.coupons.len(), 1);
     assert_eq!(list.coupons[0].code, r.coupon_code);
     assert_eq!(emitted(&t, "CouponIssued").await.len(), 1);
+    // fulfilled in the same call, so redeemed at once
+    assert_eq!(emitted(&t, "RewardRedeemed").await.len(), 1);
     t.stop().await;
 }
 

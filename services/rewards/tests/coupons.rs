@@ -1,7 +1,8 @@
 //! Coupons over real gRPC on both engines: issue, validate and redeem once
 //! at the point of sale, concurrent double redemption, expiry, per-caller
-//! brute-force limits, campaign issues deduplicated by action id, and the
-//! member's own list.
+//! brute-force limits, campaign actions (coupons and points) applied once
+//! however often they are delivered, the member's own list, the expiry job,
+//! and the id and page-size rules shared with the points core.
 
 mod catalog_support;
 
@@ -11,12 +12,15 @@ use catalog_support::*;
 use futures::future::join_all;
 use loyalty_common::test_on_both_engines;
 use loyalty_common::testing::{self, TestEngine, TestService};
+use loyalty_proto::common::PageRequest;
 use loyalty_proto::events::CampaignActionRequested;
 use loyalty_proto::events::campaign_action_requested::Action;
 use loyalty_proto::events::event_envelope::Payload;
+use loyalty_proto::loyalty::rewards::v1::rewards_service_client::RewardsServiceClient;
 use loyalty_proto::loyalty::rewards::v1::{
-    Coupon, CouponPool, CouponSource, CouponState, CreateCouponPoolRequest, IssueCouponRequest,
-    ListMemberCouponsRequest, RedeemCouponRequest, ValidateCouponRequest,
+    AdjustRequest, Coupon, CouponPool, CouponSource, CouponState, CreateCouponPoolRequest,
+    GetBalanceRequest, IssueCouponRequest, ListLedgerEntriesRequest, ListMemberCouponsRequest,
+    RedeemCouponRequest, RunCouponExpiryRequest, ValidateCouponRequest,
 };
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -331,7 +335,231 @@ async fn a_burst_of_concurrent_guesses_cannot_pass_the_limit(engine: TestEngine)
     t.stop().await;
 }
 
+async fn run_expiry(t: &TestService, who: &loyalty_common::auth::Principal) -> Result<i64, Status> {
+    coupons(t)
+        .run_coupon_expiry(t.request(
+            RunCouponExpiryRequest {
+                program_id: PROGRAM.into(),
+            },
+            who,
+        ))
+        .await
+        .map(|r| {
+            let r = r.into_inner();
+            assert!(r.ran, "{r:?}");
+            r.processed
+        })
+}
+
+/// When the expiry job marked the coupon (None: not marked).
+async fn marked_expired(t: &TestService, coupon_id: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT expired_at FROM coupons WHERE coupon_id = $1")
+        .bind(coupon_id)
+        .fetch_one(t.rt("rewards").db.pool())
+        .await
+        .expect("coupon row")
+}
+
+async fn expiry_starts_at_the_validity_end_and_the_job_marks_each_coupon_once(engine: TestEngine) {
+    let t = start(engine).await;
+    let p = pool(&t, 1, 0).await;
+    let kept = issue(&t, &p.pool_id, "m1").await.expect("issue");
+    let used = issue(&t, &p.pool_id, "m1").await.expect("issue");
+    // the manual clock stands still: both end at the same instant
+    assert_eq!(kept.expires_at, used.expires_at);
+    let end = used.expires_at.expect("expires_at");
+    let end =
+        chrono::DateTime::from_timestamp(end.seconds, end.nanos.unsigned_abs()).expect("instant");
+
+    // the last microsecond of validity: usable, nothing to mark
+    t.clock().set(end - chrono::Duration::microseconds(1));
+    validate_as(&t, &backend(), &kept.code)
+        .await
+        .expect("valid until its end");
+    redeem(&t, &used.code, "order-1")
+        .await
+        .expect("redeem in time");
+    assert_eq!(run_expiry(&t, &admin()).await.expect("run"), 0);
+
+    // from the end on, refused with a stable reason before the job has run
+    t.clock().set(end);
+    assert_eq!(marked_expired(&t, &kept.coupon_id).await, None);
+    let expired = validate_as(&t, &backend(), &kept.code).await.unwrap_err();
+    assert_code(&expired, Code::FailedPrecondition);
+    assert_eq!(reason(&expired), "COUPON_EXPIRED");
+    let late = redeem(&t, &kept.code, "order-2").await.unwrap_err();
+    assert_eq!(reason(&late), "COUPON_EXPIRED");
+    // a redeemed coupon says so, whatever its validity
+    let twice = redeem(&t, &used.code, "order-3").await.unwrap_err();
+    assert_eq!(reason(&twice), "COUPON_ALREADY_REDEEMED");
+
+    // only a program admin runs the job; it marks the unused coupon only, once
+    let denied = run_expiry(&t, &backend()).await.unwrap_err();
+    assert_code(&denied, Code::PermissionDenied);
+    assert_eq!(run_expiry(&t, &admin()).await.expect("run"), 1);
+    assert_eq!(run_expiry(&t, &admin()).await.expect("rerun"), 0);
+    assert!(marked_expired(&t, &kept.coupon_id).await.is_some());
+    assert_eq!(marked_expired(&t, &used.coupon_id).await, None);
+    let listed = list(&t, "m1", CouponState::Expired).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].coupon_id, kept.coupon_id);
+    assert_eq!(list(&t, "m1", CouponState::Redeemed).await.len(), 1);
+    // a marked coupon stays expired (the mark is final, whatever the clock says)
+    t.clock().set(end - chrono::Duration::hours(1));
+    let still = validate_as(&t, &backend(), &kept.code).await.unwrap_err();
+    assert_eq!(reason(&still), "COUPON_EXPIRED");
+    assert!(list(&t, "m1", CouponState::Issued).await.is_empty());
+    t.stop().await;
+}
+
+async fn campaign_grants_apply_once_however_often_delivered(engine: TestEngine) {
+    let t = start(engine).await;
+    let p = pool(&t, 30, 0).await;
+    let grant = event(
+        "m9",
+        Payload::CampaignActionRequested(CampaignActionRequested {
+            campaign_id: "winback".into(),
+            action_id: "grant-1".into(),
+            action: Some(Action::GrantPoints(250)),
+        }),
+    );
+    let coupon = event(
+        "m9",
+        Payload::CampaignActionRequested(CampaignActionRequested {
+            campaign_id: "winback".into(),
+            action_id: "coupon-1".into(),
+            action: Some(Action::IssueCouponPoolId(p.pool_id.clone())),
+        }),
+    );
+    // each delivered twice as is (a redelivery), and once more under a new
+    // event id (a campaign re-sending the same action)
+    let resent = |e: &loyalty_proto::events::EventEnvelope| {
+        let mut e = e.clone();
+        e.event_id = uuid::Uuid::new_v4().to_string();
+        e
+    };
+    t.publish(&[grant.clone(), coupon.clone()]).await;
+    t.publish(&[
+        grant.clone(),
+        coupon.clone(),
+        resent(&grant),
+        resent(&coupon),
+    ])
+    .await;
+    t.settle().await;
+
+    let balance = RewardsServiceClient::new(t.channel())
+        .get_balance(t.request(
+            GetBalanceRequest {
+                program_id: PROGRAM.into(),
+                member_id: "m9".into(),
+            },
+            &member("m9"),
+        ))
+        .await
+        .expect("balance")
+        .into_inner();
+    assert_eq!(balance.balance.expect("balance").available, 250);
+    let entries = RewardsServiceClient::new(t.channel())
+        .list_ledger_entries(t.request(
+            ListLedgerEntriesRequest {
+                program_id: PROGRAM.into(),
+                member_id: "m9".into(),
+                page: None,
+            },
+            &member("m9"),
+        ))
+        .await
+        .expect("entries")
+        .into_inner()
+        .entries;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].points, 250);
+    let earned = emitted(&t, "PointsEarned").await;
+    assert_eq!(earned.len(), 1);
+    assert_eq!(earned[0].member_id, "m9");
+
+    let held = list(&t, "m9", CouponState::Issued).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].source(), CouponSource::Campaign);
+    assert_eq!(emitted(&t, "CouponIssued").await.len(), 1);
+    t.stop().await;
+}
+
+async fn ids_and_page_sizes_follow_the_rules_of_the_points_core(engine: TestEngine) {
+    let t = start(engine).await;
+    let p = pool(&t, 30, 0).await;
+    // the longest id the points core accepts is accepted here too, one more is not
+    let longest = "m".repeat(128);
+    let c = issue(&t, &p.pool_id, &longest)
+        .await
+        .expect("128 characters");
+    assert_eq!(c.member_id, longest);
+    let too_long = issue(&t, &p.pool_id, &"m".repeat(129)).await.unwrap_err();
+    assert_eq!(violated_fields(&too_long), ["member_id"]);
+    let control = issue(&t, &p.pool_id, "m\u{7}1").await.unwrap_err();
+    assert_eq!(violated_fields(&control), ["member_id"]);
+    let core = RewardsServiceClient::new(t.channel())
+        .adjust(t.request(
+            AdjustRequest {
+                program_id: PROGRAM.into(),
+                member_id: "m".repeat(129),
+                points: 10,
+                reason: "goodwill".into(),
+                idempotency_key: "k".into(),
+            },
+            &admin(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&core), ["member_id"]);
+
+    // one page-size cap: 500 is served by both, 501 refused by both
+    let coupons_page = |size: i32| {
+        let mut client = coupons(&t);
+        let req = t.request(
+            ListMemberCouponsRequest {
+                program_id: PROGRAM.into(),
+                member_id: "m1".into(),
+                state: 0,
+                page: Some(PageRequest {
+                    page_size: size,
+                    page_token: String::new(),
+                }),
+            },
+            &admin(),
+        );
+        async move { client.list_member_coupons(req).await.map(|_| ()) }
+    };
+    let entries_page = |size: i32| {
+        let mut client = RewardsServiceClient::new(t.channel());
+        let req = t.request(
+            ListLedgerEntriesRequest {
+                program_id: PROGRAM.into(),
+                member_id: "m1".into(),
+                page: Some(PageRequest {
+                    page_size: size,
+                    page_token: String::new(),
+                }),
+            },
+            &admin(),
+        );
+        async move { client.list_ledger_entries(req).await.map(|_| ()) }
+    };
+    coupons_page(500).await.expect("at the cap");
+    entries_page(500).await.expect("at the cap");
+    let over = coupons_page(501).await.unwrap_err();
+    assert_eq!(violated_fields(&over), ["page_size"]);
+    let over_core = entries_page(501).await.unwrap_err();
+    assert_eq!(violated_fields(&over_core), ["page_size"]);
+    assert_eq!(over.message(), over_core.message());
+    t.stop().await;
+}
+
 test_on_both_engines!(
+    expiry_starts_at_the_validity_end_and_the_job_marks_each_coupon_once,
+    campaign_grants_apply_once_however_often_delivered,
+    ids_and_page_sizes_follow_the_rules_of_the_points_core,
     a_coupon_is_validated_and_redeemed_exactly_once,
     concurrent_redemptions_of_one_code_let_exactly_one_win,
     coupons_expire_after_their_validity,

@@ -1,7 +1,8 @@
 //! Referrals over real gRPC and events on both engines: codes, the
 //! referee's first qualifying purchase rewarding both sides once, refusal
-//! of self-referral and of reused contact details, and erasure of the
-//! contact hashes.
+//! of self-referral and of reused contact details, erasure of the contact
+//! hashes, and both rewards taken back once when the qualifying order is
+//! refunded in full (under each clawback policy).
 
 mod catalog_support;
 
@@ -11,9 +12,11 @@ use loyalty_common::testing::{TestEngine, TestService};
 use loyalty_proto::common::Money;
 use loyalty_proto::events::event_envelope::Payload;
 use loyalty_proto::events::{MemberEnrolled, MemberErased, PurchaseCompleted};
+use loyalty_proto::loyalty::rewards::v1::rewards_service_client::RewardsServiceClient;
 use loyalty_proto::loyalty::rewards::v1::{
-    ApplyReferralCodeRequest, GetReferralCodeRequest, ListReferralsRequest, Referral,
-    ReferralState, ReferralTerms, SetReferralTermsRequest,
+    AdjustRequest, ApplyReferralCodeRequest, ClawbackPolicy, GetProgramPolicyRequest,
+    GetReferralCodeRequest, ListReferralsRequest, RecordRefundRequest, Referral, ReferralState,
+    ReferralTerms, SetProgramPolicyRequest, SetReferralTermsRequest,
 };
 use tonic::{Code, Status};
 
@@ -241,8 +244,168 @@ async fn erasure_removes_the_contact_hashes(engine: TestEngine) {
     t.stop().await;
 }
 
+async fn refund(t: &TestService, order: &str, refund_id: &str, minor: i64) {
+    RewardsServiceClient::new(t.channel())
+        .record_refund(t.request(
+            RecordRefundRequest {
+                program_id: PROGRAM.into(),
+                order_id: order.into(),
+                refund_id: refund_id.into(),
+                amount: Some(Money {
+                    minor_units: minor,
+                    currency: "CNY".into(),
+                }),
+                ..RecordRefundRequest::default()
+            },
+            &backend(),
+        ))
+        .await
+        .expect("refund");
+    t.settle().await;
+}
+
+async fn referral_of(t: &TestService, referrer: &str) -> Referral {
+    let mut listed = referrals(t)
+        .list_referrals(t.request(
+            ListReferralsRequest {
+                program_id: PROGRAM.into(),
+                member_id: referrer.into(),
+                page: None,
+            },
+            &member(referrer),
+        ))
+        .await
+        .expect("list")
+        .into_inner()
+        .referrals;
+    assert_eq!(listed.len(), 1);
+    listed.remove(0)
+}
+
+async fn set_clawback(t: &TestService, clawback: ClawbackPolicy) {
+    let mut client = RewardsServiceClient::new(t.channel());
+    let mut policy = client
+        .get_program_policy(t.request(
+            GetProgramPolicyRequest {
+                program_id: PROGRAM.into(),
+            },
+            &admin(),
+        ))
+        .await
+        .expect("policy")
+        .into_inner()
+        .policy
+        .expect("policy");
+    policy.clawback_policy = clawback.into();
+    policy.currency = "CNY".into();
+    client
+        .set_program_policy(t.request(
+            SetProgramPolicyRequest {
+                policy: Some(policy),
+            },
+            &admin(),
+        ))
+        .await
+        .expect("set policy");
+}
+
+/// Alice refers bob; bob's 80.00 CNY order qualifies (alice +100, bob +50
+/// and 80 purchase points); alice spends 70 of her 100 before the order is
+/// refunded in two parts. Answers alice's ledger entries of the referral.
+async fn refund_a_qualifying_order(t: &TestService) -> Vec<(String, i64)> {
+    set_terms(t, true).await;
+    enroll(t, "alice", &[hash('a')]).await;
+    enroll(t, "bob", &[hash('b')]).await;
+    let code = code_of(t, "alice").await;
+    let referral = apply(t, "bob", &code).await.expect("apply");
+    purchase(t, "bob", "o1", 8_000).await;
+    assert_eq!(
+        referral_of(t, "alice").await.state(),
+        ReferralState::Qualified
+    );
+    RewardsServiceClient::new(t.channel())
+        .adjust(t.request(
+            AdjustRequest {
+                program_id: PROGRAM.into(),
+                member_id: "alice".into(),
+                points: -70,
+                reason: "spent".into(),
+                idempotency_key: "spend".into(),
+            },
+            &admin(),
+        ))
+        .await
+        .expect("alice spends");
+
+    // a partial refund keeps the rewards; counted once however often it is
+    // sent, even announced again under new event ids (3 x 30.00 would pass 80.00)
+    refund(t, "o1", "r1", 3_000).await;
+    refund(t, "o1", "r1", 3_000).await;
+    let announced = emitted(t, "OrderRefunded").await;
+    assert_eq!(announced.len(), 1);
+    t.publish(&[announced[0].clone(), announced[0].clone()].map(|mut e| {
+        e.event_id = uuid::Uuid::new_v4().to_string();
+        e
+    }))
+    .await;
+    assert_eq!(
+        referral_of(t, "alice").await.state(),
+        ReferralState::Qualified
+    );
+    assert_eq!(referral_credits(t, &referral.referral_id).await.len(), 2);
+
+    // the rest of the order: refunded in full, both rewards are taken back
+    refund(t, "o1", "r2", 5_000).await;
+    let clawed = referral_of(t, "alice").await;
+    assert_eq!(clawed.state(), ReferralState::ClawedBack);
+    assert!(clawed.clawed_back_at.is_some());
+    // bob had his 50 available: taken in full whatever the policy
+    assert_eq!(available(t, "bob").await, 0);
+    // a replayed refund, or a refund announced again, takes nothing more
+    refund(t, "o1", "r2", 5_000).await;
+    let again: Vec<_> = emitted(t, "OrderRefunded")
+        .await
+        .into_iter()
+        .map(|mut e| {
+            e.event_id = uuid::Uuid::new_v4().to_string();
+            e
+        })
+        .collect();
+    t.publish(&again).await;
+    let credits = referral_credits(t, &referral.referral_id).await;
+    let bob: Vec<_> = credits.iter().filter(|c| c.0 == "bob").cloned().collect();
+    assert_eq!(bob, [("bob".to_owned(), -50), ("bob".to_owned(), 50)]);
+    credits.into_iter().filter(|c| c.0 == "alice").collect()
+}
+
+async fn a_full_refund_takes_back_both_rewards_once_writing_off_what_was_spent(engine: TestEngine) {
+    let t = start(engine).await;
+    let alice = refund_a_qualifying_order(&t).await;
+    // 30 were left to take; the 70 alice spent are written off
+    assert_eq!(
+        alice,
+        [("alice".to_owned(), -30), ("alice".to_owned(), 100)]
+    );
+    assert_eq!(available(&t, "alice").await, 0);
+    t.stop().await;
+}
+
+async fn a_full_refund_under_the_negative_balance_policy_leaves_a_debt(engine: TestEngine) {
+    let t = start(engine).await;
+    set_clawback(&t, ClawbackPolicy::NegativeBalance).await;
+    let alice = refund_a_qualifying_order(&t).await;
+    assert_eq!(
+        alice,
+        [("alice".to_owned(), -100), ("alice".to_owned(), 100)]
+    );
+    assert_eq!(available(&t, "alice").await, -70);
+    t.stop().await;
+}
+
 test_on_both_engines!(
     both_sides_are_rewarded_once_on_the_first_qualifying_purchase,
     self_referral_and_reused_contacts_are_refused,
     erasure_removes_the_contact_hashes,
+    a_full_refund_takes_back_both_rewards_once_writing_off_what_was_spent,
+    a_full_refund_under_the_negative_balance_policy_leaves_a_debt,
 );

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use loyalty_common::events::Consumer;
-use loyalty_common::runtime::ServiceRuntime;
+use loyalty_common::runtime::{ScheduledJob, ServiceRuntime};
 use loyalty_common::server::GrpcServer;
 
 mod badges;
@@ -35,4 +35,9 @@ pub(crate) fn consumers(rt: &Arc<ServiceRuntime>) -> Vec<Consumer> {
         badges::counter_consumer(rt),
         referrals::consumer(rt),
     ]
+}
+
+/// The engagement scheduled jobs.
+pub(crate) fn jobs(rt: &Arc<ServiceRuntime>) -> Vec<ScheduledJob> {
+    vec![coupons::expiry_job(rt)]
 }

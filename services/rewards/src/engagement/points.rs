@@ -6,8 +6,14 @@
 use chrono::{DateTime, Utc};
 use loyalty_common::ServiceError;
 use loyalty_common::db::Tx;
+use loyalty_common::events::{new_envelope, outbox};
+use loyalty_proto::events::PointsRedeemed;
+use loyalty_proto::events::event_envelope::Payload;
 
-use crate::store::ledger::{self, Cause, EntryId, EntryKind, Posting};
+use crate::domain::expiry::Clawback;
+use crate::domain::ledger_refund::plan_clawback;
+use crate::store::ledger::{self, Cause, Deltas, EntryId, EntryKind, Posting};
+use crate::store::ledger_policy;
 
 /// Why points move, which decides the entry kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,4 +104,88 @@ pub async fn credit(
     )
     .await?;
     Ok(entry.0)
+}
+
+/// What a clawback did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clawed {
+    pub entry_id: String,
+    /// Taken from the balance (below zero when the policy allows a debt).
+    pub taken: i64,
+    /// Not taken: already spent, and the policy writes such points off.
+    pub written_off: i64,
+}
+
+/// Takes back `points` credited earlier whose reason was undone, the way a
+/// refund takes back a purchase's points: from the available lots, the
+/// rest by the program's clawback policy (written off, or a negative
+/// balance). One reversing entry, announced as PointsRedeemed when points
+/// moved.
+pub async fn claw_back(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+    points: i64,
+    reference: &str,
+    reason: &str,
+) -> Result<Clawed, ServiceError> {
+    let mut head = ledger::lock_head(tx, program_id).await?;
+    let policy = ledger_policy::load(&mut **tx, program_id).await?;
+    let available = ledger::balance_row(tx, program_id, member_id)
+        .await?
+        .available;
+    let claw = plan_clawback(
+        points,
+        0,
+        available,
+        policy.clawback == Clawback::NegativeBalance,
+    );
+    let entry_id = ledger::new_id();
+    if claw.from_available > 0 {
+        ledger::consume_lots(tx, program_id, member_id, &entry_id, claw.from_available).await?;
+    }
+    let taken = claw.from_available + claw.debt;
+    let cause = Cause {
+        reason: Some(if claw.written_off > 0 {
+            format!("{reason}; {} already spent, written off", claw.written_off)
+        } else {
+            reason.to_owned()
+        }),
+        reference: Some(reference.to_owned()),
+        ..Cause::default()
+    };
+    ledger::append_entry(
+        tx,
+        &mut head,
+        &entry_id,
+        member_id,
+        EntryKind::Reverse,
+        &Deltas {
+            available: -taken,
+            pending: 0,
+            lifetime: -points,
+        },
+        &cause,
+        None,
+    )
+    .await?;
+    if taken > 0 {
+        let event = new_envelope(
+            ledger::PRODUCER,
+            program_id,
+            member_id,
+            Payload::PointsRedeemed(PointsRedeemed {
+                entry_id: entry_id.clone(),
+                points: taken,
+                reference: cause.summary(),
+                entry_kind: EntryKind::Reverse.as_str().to_owned(),
+            }),
+        );
+        outbox::append(tx, &event).await?;
+    }
+    Ok(Clawed {
+        entry_id,
+        taken,
+        written_off: claw.written_off,
+    })
 }

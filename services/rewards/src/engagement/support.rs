@@ -1,25 +1,23 @@
 //! Small helpers the engagement areas share: ids, instants, validation of
-//! ids, paging, emitting events, naming the caller.
+//! ids and paging (the rules of the whole service, from `validation`),
+//! emitting events, naming the caller.
 
 use loyalty_common::ServiceError;
 use loyalty_common::Violations;
 use loyalty_common::auth::Principal;
 use loyalty_common::db::Tx;
 use loyalty_common::events::{new_envelope, outbox};
-use loyalty_common::paging::{self, Page, PageLimits};
+use loyalty_common::paging::{self, Page};
 use loyalty_common::runtime::ServiceRuntime;
 use loyalty_proto::common::{PageRequest, PageResponse};
 use loyalty_proto::events::event_envelope::Payload;
 use prost_types::Timestamp;
 
+use crate::validation::PAGE_LIMITS;
+pub(crate) use crate::validation::check_id;
+
 /// Producer name on every event.
 pub const PRODUCER: &str = "rewards";
-
-/// Page sizes of every engagement list.
-pub const LIST_LIMITS: PageLimits = PageLimits::new(50, 200);
-
-/// Longest id or code a caller may send.
-pub const MAX_ID_LEN: usize = 64;
 
 /// A new time-ordered id.
 pub fn new_id() -> String {
@@ -62,17 +60,6 @@ pub fn from_ts(v: &mut Violations, field: &str, t: Option<&Timestamp>) -> Option
     micros
 }
 
-/// Checks a required id-like field: non-empty, short, printable, no spaces.
-pub fn check_id(v: &mut Violations, field: &str, value: &str) {
-    if value.is_empty() {
-        v.add(field, "is required");
-    } else if value.len() > MAX_ID_LEN {
-        v.add(field, format!("must be at most {MAX_ID_LEN} characters"));
-    } else if !value.bytes().all(|b| b.is_ascii_graphic()) {
-        v.add(field, "must be printable ASCII without spaces");
-    }
-}
-
 /// Checks a required display text (name): 1..=200 characters.
 pub fn check_text(v: &mut Violations, field: &str, value: &str, required: bool) {
     let n = value.chars().count();
@@ -86,7 +73,7 @@ pub fn check_text(v: &mut Violations, field: &str, value: &str, required: bool) 
 /// The page a list request asks for.
 pub fn page(req: Option<&PageRequest>, fingerprint: &str) -> Result<Page, ServiceError> {
     let (size, token) = req.map_or((0, ""), |p| (p.page_size, p.page_token.as_str()));
-    paging::parse(size, token, LIST_LIMITS, fingerprint)
+    paging::parse(size, token, PAGE_LIMITS, fingerprint)
 }
 
 /// The paging part of an answer (the field is optional in prost).

@@ -25,6 +25,7 @@ use super::{ledger_policy, ledger_queries, rules_cache, rules_member};
 use crate::domain::earning_rules::{Evaluation, Line, PurchaseFacts, evaluate_purchase};
 use crate::domain::expiry::{Clawback, PointsPolicy};
 use crate::domain::ledger_refund::{LineState, RefundAsk, plan_clawback, plan_refund};
+use crate::validation::check_id;
 
 const MAX_LINES: usize = 500;
 
@@ -41,12 +42,6 @@ pub(crate) struct PurchaseInput {
     pub purchased_at: DateTime<Utc>,
     /// SHA-256 of the request: a replay with other parameters is refused.
     pub fingerprint: String,
-}
-
-fn check_id(v: &mut loyalty_common::error::Violations, field: &str, s: &str) {
-    if s.is_empty() || s.len() > 128 {
-        v.add(field, "must be 1 to 128 characters");
-    }
 }
 
 /// Validates a purchase (fields named as in RecordPurchaseRequest).

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use loyalty_common::auth::{self, Principal, Role};
+use loyalty_common::db::Tx;
 use loyalty_common::idempotency::run_idempotent;
 use loyalty_common::paging;
 use loyalty_common::runtime::ServiceRuntime;
@@ -178,6 +179,24 @@ fn refusal(r: &Refusal) -> ServiceError {
     }
 }
 
+/// Announces a fulfilled order: a reward counts as redeemed only once it
+/// is handed over, so a reserved order that is cancelled never announces.
+async fn emit_redeemed(tx: &mut Tx, row: &RedemptionRow, kind: &str) -> Result<(), ServiceError> {
+    emit(
+        tx,
+        &row.program_id,
+        &row.member_id,
+        Payload::RewardRedeemed(RewardRedeemed {
+            redemption_id: row.redemption_id.clone(),
+            item_id: row.item_id.clone(),
+            points: row.points,
+            quantity: row.quantity,
+            item_kind: kind.to_owned(),
+        }),
+    )
+    .await
+}
+
 fn insufficient(message: &str) -> ServiceError {
     ServiceError::FailedPrecondition {
         reason: ErrorReason::InsufficientBalance,
@@ -320,19 +339,9 @@ impl CatalogApi {
                     coupon_code = codes::display(&coupon.code);
                 }
                 store::insert_redemption(tx, &row).await?;
-                emit(
-                    tx,
-                    program,
-                    member,
-                    Payload::RewardRedeemed(RewardRedeemed {
-                        redemption_id: row.redemption_id.clone(),
-                        item_id: row.item_id.clone(),
-                        points: row.points,
-                        quantity: row.quantity,
-                        item_kind: item.kind.clone(),
-                    }),
-                )
-                .await?;
+                if row.state == FULFILLED {
+                    emit_redeemed(tx, &row, &item.kind).await?;
+                }
                 Ok(RedeemRewardResponse {
                     redemption: Some(redemption_proto(&row)),
                     coupon_code,
@@ -417,7 +426,7 @@ impl CatalogApi {
         v.finish()?;
         let now = now_micros(&self.rt);
         let mut tx = self.rt.db.begin().await?;
-        store::transition(
+        let fulfilled = store::transition(
             &mut tx,
             &req.program_id,
             &req.redemption_id,
@@ -429,7 +438,16 @@ impl CatalogApi {
         let after = store::get_redemption_tx(&mut tx, &req.program_id, &req.redemption_id)
             .await?
             .ok_or_else(|| ServiceError::not_found("redemption", &req.redemption_id))?;
+        if fulfilled {
+            // only the call that moved the order announces it (a replay does not)
+            let kind = store::get_item_tx(&mut tx, &after.program_id, &after.item_id)
+                .await?
+                .map(|i| i.kind)
+                .unwrap_or_default();
+            emit_redeemed(&mut tx, &after, &kind).await?;
+        }
         tx.commit().await?;
+        self.rt.outbox.notify();
         if after.state == FULFILLED {
             Ok(FulfilRedemptionResponse {
                 redemption: Some(redemption_proto(&after)),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use loyalty_common::auth::{self, Principal, Role};
 use loyalty_common::error::{ERROR_DOMAIN, reason_str};
 use loyalty_common::idempotency::run_idempotent;
+use loyalty_common::jobs::JobRunner;
 use loyalty_common::money::Money;
 use loyalty_common::paging;
 use loyalty_common::runtime::ServiceRuntime;
@@ -18,13 +19,14 @@ use loyalty_proto::loyalty::rewards::v1::{
     Coupon, CouponPool, CouponSource, CouponState, CreateCouponPoolRequest,
     CreateCouponPoolResponse, GetCouponPoolRequest, GetCouponPoolResponse, IssueCouponRequest,
     IssueCouponResponse, ListCouponPoolsRequest, ListCouponPoolsResponse, ListMemberCouponsRequest,
-    ListMemberCouponsResponse, RedeemCouponRequest, RedeemCouponResponse, ValidateCouponRequest,
-    ValidateCouponResponse,
+    ListMemberCouponsResponse, RedeemCouponRequest, RedeemCouponResponse, RunCouponExpiryRequest,
+    RunCouponExpiryResponse, ValidateCouponRequest, ValidateCouponResponse,
 };
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::attempt_limit::AttemptPolicy;
+use super::expiry::CouponExpiry;
 use super::store::{self, CouponRow, IssueError, IssueRequest, PoolRow};
 use crate::engagement::codes;
 use crate::engagement::support::{
@@ -70,7 +72,7 @@ fn pool_proto(p: &PoolRow) -> CouponPool {
 fn state_of(c: &CouponRow, now: i64) -> CouponState {
     if c.redeemed_at.is_some() {
         CouponState::Redeemed
-    } else if c.expires_at <= now {
+    } else if c.expired_at.is_some() || c.expires_at <= now {
         CouponState::Expired
     } else {
         CouponState::Issued
@@ -125,8 +127,14 @@ fn exhausted(wait: std::time::Duration) -> Status {
 /// Why a code cannot be used now (a failed attempt).
 fn unusable(c: &CouponRow, now: i64) -> ServiceError {
     match state_of(c, now) {
-        CouponState::Redeemed => ServiceError::precondition("the coupon was already redeemed"),
-        CouponState::Expired => ServiceError::precondition("the coupon has expired"),
+        CouponState::Redeemed => ServiceError::FailedPrecondition {
+            reason: ErrorReason::CouponAlreadyRedeemed,
+            message: "the coupon was already redeemed".into(),
+        },
+        CouponState::Expired => ServiceError::FailedPrecondition {
+            reason: ErrorReason::CouponExpired,
+            message: "the coupon has expired".into(),
+        },
         _ => ServiceError::precondition("the coupon cannot be used"),
     }
 }
@@ -449,5 +457,25 @@ impl CouponService for CouponApi {
             coupons: rows.iter().map(|c| coupon_proto(c, now)).collect(),
             page: Some(page_response(next)),
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(program_id = %request.get_ref().program_id))]
+    async fn run_coupon_expiry(
+        &self,
+        request: Request<RunCouponExpiryRequest>,
+    ) -> Result<Response<RunCouponExpiryResponse>, Status> {
+        let p = auth::principal(&request)?.clone();
+        let req = request.into_inner();
+        p.require_role(&req.program_id, ADMIN)?;
+        let job = CouponExpiry::program(self.rt.clone(), &req.program_id);
+        let report = JobRunner::new(self.rt.db.clone()).trigger(&job).await?;
+        Ok(Response::new(report.map_or_else(
+            RunCouponExpiryResponse::default,
+            |r| RunCouponExpiryResponse {
+                ran: true,
+                run_key: r.run_key,
+                processed: i64::try_from(r.processed).unwrap_or(i64::MAX),
+            },
+        )))
     }
 }

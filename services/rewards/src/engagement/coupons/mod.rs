@@ -5,12 +5,14 @@
 use std::sync::Arc;
 
 use loyalty_common::events::Consumer;
-use loyalty_common::runtime::ServiceRuntime;
+use loyalty_common::jobs::{Job, Schedule};
+use loyalty_common::runtime::{ScheduledJob, ServiceRuntime};
 use loyalty_common::server::GrpcServer;
 use loyalty_proto::loyalty::rewards::v1::coupon_service_server::CouponServiceServer;
 
 pub mod attempt_limit;
 mod campaign;
+mod expiry;
 mod grpc;
 pub mod store;
 
@@ -29,4 +31,12 @@ pub(crate) fn campaign_consumer(rt: &Arc<ServiceRuntime>) -> Consumer {
         Arc::new(campaign::CampaignCoupons { rt: rt.clone() }),
     )
     .with_event_types(&["CampaignActionRequested"])
+}
+
+/// Marks coupons past their validity expired, on a schedule.
+pub(crate) fn expiry_job(rt: &Arc<ServiceRuntime>) -> ScheduledJob {
+    (
+        Arc::new(expiry::CouponExpiry::all_programs(rt.clone())) as Arc<dyn Job>,
+        Schedule::Every(expiry::EVERY),
+    )
 }

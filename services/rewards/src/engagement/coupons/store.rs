@@ -147,6 +147,8 @@ pub struct CouponRow {
     pub expires_at: i64,
     pub redeemed_at: Option<i64>,
     pub redeemed_order_id: Option<String>,
+    /// When the expiry job marked it expired (unset: not marked yet).
+    pub expired_at: Option<i64>,
     /// The pool's description, for display.
     pub description: String,
 }
@@ -163,13 +165,15 @@ type CouponTuple = (
     i64,
     Option<i64>,
     Option<String>,
+    Option<i64>,
     String,
 );
 
 macro_rules! coupon_cols {
     () => {
         "c.coupon_id, c.program_id, c.pool_id, c.member_id, c.code, c.source, c.campaign_id, \
-         c.issued_at, c.expires_at, c.redeemed_at, c.redeemed_order_id, p.description \
+         c.issued_at, c.expires_at, c.redeemed_at, c.redeemed_order_id, c.expired_at, \
+         p.description \
          FROM coupons c JOIN coupon_pools p ON p.pool_id = c.pool_id"
     };
 }
@@ -187,7 +191,8 @@ fn coupon(t: CouponTuple) -> CouponRow {
         expires_at: t.8,
         redeemed_at: t.9,
         redeemed_order_id: t.10,
-        description: t.11,
+        expired_at: t.11,
+        description: t.12,
     }
 }
 
@@ -297,6 +302,7 @@ pub async fn issue(tx: &mut Tx, r: &IssueRequest<'_>) -> Result<(CouponRow, bool
                 expires_at,
                 redeemed_at: None,
                 redeemed_order_id: None,
+                expired_at: None,
                 description: pool.description,
             };
             return Ok((row, true));
@@ -358,8 +364,9 @@ pub async fn by_code_read(
     Ok(row.map(coupon))
 }
 
-/// Marks the coupon redeemed for `order_id` if it is unused and unexpired;
-/// false otherwise (the caller reads it to say why).
+/// Marks the coupon redeemed for `order_id` if it is unused and unexpired
+/// (by its validity, whether or not the expiry job marked it yet); false
+/// otherwise (the caller reads it to say why).
 pub async fn redeem(
     tx: &mut Tx,
     program_id: &str,
@@ -369,7 +376,8 @@ pub async fn redeem(
 ) -> Result<bool, ServiceError> {
     let done = sqlx::query(
         "UPDATE coupons SET redeemed_at = $1, redeemed_order_id = $2 \
-         WHERE program_id = $3 AND code = $4 AND redeemed_at IS NULL AND expires_at > $1",
+         WHERE program_id = $3 AND code = $4 AND redeemed_at IS NULL AND expired_at IS NULL \
+         AND expires_at > $1",
     )
     .bind(now)
     .bind(order_id)
@@ -395,9 +403,9 @@ pub async fn list_member_coupons(
         coupon_cols!(),
         " WHERE c.program_id = $1 AND c.member_id = $2 AND ($3 = '' OR c.coupon_id < $3) \
          AND ($4 = 0 \
-           OR ($4 = 1 AND c.redeemed_at IS NULL AND c.expires_at > $5) \
+           OR ($4 = 1 AND c.redeemed_at IS NULL AND c.expired_at IS NULL AND c.expires_at > $5) \
            OR ($4 = 2 AND c.redeemed_at IS NOT NULL) \
-           OR ($4 = 3 AND c.redeemed_at IS NULL AND c.expires_at <= $5)) \
+           OR ($4 = 3 AND c.redeemed_at IS NULL AND (c.expired_at IS NOT NULL OR c.expires_at <= $5))) \
          ORDER BY c.coupon_id DESC LIMIT $6"
     ))
     .bind(program_id)

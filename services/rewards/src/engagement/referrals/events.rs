@@ -1,7 +1,14 @@
 //! Events the referral program reacts to: MemberEnrolled (contact hashes),
 //! MemberErased (hashes erased; amounts and referral records stay), and
 //! PurchaseCompleted (a referee's qualifying purchase rewards both sides,
-//! once: the pending → qualified update is conditional).
+//! once: the pending → qualified update is conditional), and OrderRefunded
+//! (a qualifying order refunded in full takes both rewards back, once: the
+//! qualified → clawed back update is conditional too).
+//!
+//! Only a refund in full takes the rewards back: a partial refund leaves a
+//! purchase the referee kept, which is what the referral was for, and
+//! taking points from the referrer over a returned item would punish the
+//! side that did nothing wrong.
 
 use std::sync::Arc;
 
@@ -11,7 +18,7 @@ use loyalty_common::events::EventHandler;
 use loyalty_common::money::Money;
 use loyalty_common::runtime::ServiceRuntime;
 use loyalty_proto::events::event_envelope::Payload;
-use loyalty_proto::events::{EventEnvelope, PurchaseCompleted, ReferralQualified};
+use loyalty_proto::events::{EventEnvelope, OrderRefunded, PurchaseCompleted, ReferralQualified};
 
 use super::rules;
 use super::store;
@@ -41,6 +48,7 @@ impl EventHandler for ReferralEvents {
             }
             Some(Payload::MemberErased(_)) => store::erase_member(tx, program, member).await,
             Some(Payload::PurchaseCompleted(p)) => self.purchase(tx, program, member, p).await,
+            Some(Payload::OrderRefunded(r)) => self.refund(tx, program, member, r).await,
             _ => Ok(()),
         }
     }
@@ -80,12 +88,16 @@ impl ReferralEvents {
             return Ok(());
         }
         let now = self.rt.clock.now();
+        let order = store::QualifyingOrder {
+            order_id: &p.order_id,
+            amount: amount.as_ref().map(|a| (a.minor, a.currency.as_str())),
+        };
         if !store::qualify(
             tx,
             &referral.referral_id,
             terms.referrer_points,
             terms.referee_points,
-            &p.order_id,
+            &order,
             now_micros(&self.rt),
         )
         .await?
@@ -130,6 +142,54 @@ impl ReferralEvents {
             }),
         )
         .await?;
+        self.rt.outbox.notify();
+        Ok(())
+    }
+
+    /// Takes back both rewards of a referral whose qualifying order is now
+    /// refunded in full, each under the program's clawback policy.
+    async fn refund(
+        &self,
+        tx: &mut Tx,
+        program: &str,
+        member: &str,
+        r: &OrderRefunded,
+    ) -> Result<(), ServiceError> {
+        let Some(referral) = store::referral_of_referee(tx, program, member).await? else {
+            return Ok(());
+        };
+        if referral.state != "qualified"
+            || referral.qualifying_order_id.as_deref() != Some(r.order_id.as_str())
+        {
+            return Ok(());
+        }
+        let (minor, currency) = r
+            .amount
+            .as_ref()
+            .map_or((0, ""), |m| (m.minor_units, m.currency.as_str()));
+        let full =
+            store::count_refund(tx, &referral.referral_id, &r.refund_id, minor, currency).await?;
+        if !full || !store::claw_back(tx, &referral.referral_id, now_micros(&self.rt)).await? {
+            return Ok(());
+        }
+        let reference = format!("referral:{}", referral.referral_id);
+        let sides = [
+            (&referral.referrer_id, referral.referrer_points),
+            (&referral.referee_id, referral.referee_points),
+        ];
+        for (side, owed) in sides {
+            if owed > 0 {
+                points::claw_back(
+                    tx,
+                    program,
+                    side,
+                    owed,
+                    &reference,
+                    "qualifying order refunded in full",
+                )
+                .await?;
+            }
+        }
         self.rt.outbox.notify();
         Ok(())
     }

@@ -54,6 +54,7 @@ fn referral_proto(r: &ReferralRow) -> Referral {
         state: match r.state.as_str() {
             "pending" => ReferralState::Pending,
             "qualified" => ReferralState::Qualified,
+            "clawed_back" => ReferralState::ClawedBack,
             _ => ReferralState::Unspecified,
         }
         .into(),
@@ -62,6 +63,7 @@ fn referral_proto(r: &ReferralRow) -> Referral {
         qualifying_order_id: r.qualifying_order_id.clone().unwrap_or_default(),
         created_at: Some(ts(r.created_at)),
         qualified_at: opt_ts(r.qualified_at),
+        clawed_back_at: opt_ts(r.clawed_back_at),
     }
 }
 
@@ -182,6 +184,7 @@ impl ReferralApi {
             qualifying_order_id: None,
             created_at: now,
             qualified_at: None,
+            clawed_back_at: None,
         };
         if !store::insert_referral(&mut tx, &row).await? {
             return Err(ServiceError::AlreadyExists {

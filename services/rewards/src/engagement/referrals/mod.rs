@@ -1,7 +1,7 @@
 //! Referrals: terms per program, a code per member, referrals applied by
 //! new members, qualification on the referee's first qualifying purchase
-//! (both sides credited once), and the contact hashes that catch reused
-//! contact details.
+//! (both sides credited once, taken back once if that order is refunded in
+//! full), and the contact hashes that catch reused contact details.
 
 use std::sync::Arc;
 
@@ -21,13 +21,20 @@ pub(crate) fn register(rt: &Arc<ServiceRuntime>, server: &mut GrpcServer) {
     }));
 }
 
-/// Keeps contact hashes (MemberEnrolled, erased on MemberErased) and
-/// qualifies referrals on purchases (PurchaseCompleted).
+/// Keeps contact hashes (MemberEnrolled, erased on MemberErased),
+/// qualifies referrals on purchases (PurchaseCompleted) and takes the
+/// rewards back when the qualifying order is refunded in full
+/// (OrderRefunded).
 pub(crate) fn consumer(rt: &Arc<ServiceRuntime>) -> Consumer {
     Consumer::new(
         "rewards-referrals",
         rt.db.clone(),
         Arc::new(events::ReferralEvents { rt: rt.clone() }),
     )
-    .with_event_types(&["MemberEnrolled", "MemberErased", "PurchaseCompleted"])
+    .with_event_types(&[
+        "MemberEnrolled",
+        "MemberErased",
+        "PurchaseCompleted",
+        "OrderRefunded",
+    ])
 }

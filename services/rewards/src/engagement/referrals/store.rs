@@ -136,6 +136,7 @@ pub struct ReferralRow {
     pub qualifying_order_id: Option<String>,
     pub created_at: i64,
     pub qualified_at: Option<i64>,
+    pub clawed_back_at: Option<i64>,
 }
 
 type ReferralTuple = (
@@ -149,12 +150,13 @@ type ReferralTuple = (
     Option<String>,
     i64,
     Option<i64>,
+    Option<i64>,
 );
 
 macro_rules! referral_cols {
     () => {
         "referral_id, program_id, referrer_id, referee_id, state, referrer_points, \
-         referee_points, qualifying_order_id, created_at, qualified_at"
+         referee_points, qualifying_order_id, created_at, qualified_at, clawed_back_at"
     };
 }
 
@@ -170,6 +172,7 @@ fn referral(t: ReferralTuple) -> ReferralRow {
         qualifying_order_id: t.7,
         created_at: t.8,
         qualified_at: t.9,
+        clawed_back_at: t.10,
     }
 }
 
@@ -196,7 +199,7 @@ pub async fn insert_referral(tx: &mut Tx, r: &ReferralRow) -> Result<bool, Servi
     let done = sqlx::query(concat!(
         "INSERT INTO referrals (",
         referral_cols!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING"
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING"
     ))
     .bind(&r.referral_id)
     .bind(&r.program_id)
@@ -208,6 +211,7 @@ pub async fn insert_referral(tx: &mut Tx, r: &ReferralRow) -> Result<bool, Servi
     .bind(&r.qualifying_order_id)
     .bind(r.created_at)
     .bind(r.qualified_at)
+    .bind(r.clawed_back_at)
     .execute(&mut **tx)
     .await;
     match done {
@@ -217,22 +221,86 @@ pub async fn insert_referral(tx: &mut Tx, r: &ReferralRow) -> Result<bool, Servi
     }
 }
 
+/// The qualifying order of a referral: its id, and what it cost when the
+/// purchase announced an amount (needed to tell a refund in full).
+#[derive(Debug, Clone)]
+pub struct QualifyingOrder<'a> {
+    pub order_id: &'a str,
+    pub amount: Option<(i64, &'a str)>,
+}
+
 /// Pending → qualified, once; false when it was not pending.
 pub async fn qualify(
     tx: &mut Tx,
     referral_id: &str,
     referrer_points: i64,
     referee_points: i64,
-    order_id: &str,
+    order: &QualifyingOrder<'_>,
     now: i64,
 ) -> Result<bool, ServiceError> {
     let done = sqlx::query(
         "UPDATE referrals SET state = 'qualified', referrer_points = $1, referee_points = $2, \
-         qualifying_order_id = $3, qualified_at = $4 WHERE referral_id = $5 AND state = 'pending'",
+         qualifying_order_id = $3, qualified_at = $4, qualifying_minor = $5, \
+         qualifying_currency = $6 WHERE referral_id = $7 AND state = 'pending'",
     )
     .bind(referrer_points)
     .bind(referee_points)
-    .bind(order_id)
+    .bind(order.order_id)
+    .bind(now)
+    .bind(order.amount.map(|a| a.0))
+    .bind(order.amount.map(|a| a.1.to_owned()))
+    .bind(referral_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Counts a refund of the referral's qualifying order, once per refund id,
+/// and answers whether the order is now refunded in full. A refund in
+/// another currency than the order's, or of an order whose cost is not
+/// known, never makes it full.
+pub async fn count_refund(
+    tx: &mut Tx,
+    referral_id: &str,
+    refund_id: &str,
+    refunded_minor: i64,
+    currency: &str,
+) -> Result<bool, ServiceError> {
+    let new = sqlx::query(
+        "INSERT INTO referral_refunds (referral_id, refund_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(referral_id)
+    .bind(refund_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if new {
+        sqlx::query(
+            "UPDATE referrals SET refunded_minor = refunded_minor + $1 \
+             WHERE referral_id = $2 AND qualifying_currency = $3",
+        )
+        .bind(refunded_minor)
+        .bind(referral_id)
+        .bind(currency)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let (cost, refunded): (Option<i64>, i64) = sqlx::query_as(
+        "SELECT qualifying_minor, refunded_minor FROM referrals WHERE referral_id = $1",
+    )
+    .bind(referral_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(cost.is_some_and(|c| refunded >= c))
+}
+
+/// Qualified → clawed back, once; false when it was not qualified.
+pub async fn claw_back(tx: &mut Tx, referral_id: &str, now: i64) -> Result<bool, ServiceError> {
+    let done = sqlx::query(
+        "UPDATE referrals SET state = 'clawed_back', clawed_back_at = $1 \
+         WHERE referral_id = $2 AND state = 'qualified'",
+    )
     .bind(now)
     .bind(referral_id)
     .execute(&mut **tx)
