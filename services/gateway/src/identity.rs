@@ -382,7 +382,7 @@ impl Issuer {
         let candidates = self
             .pem_keys
             .iter()
-            .chain(jwks_keys.iter().flat_map(|k| k.iter()))
+            .chain(jwks_keys.as_deref().into_iter().flatten())
             .filter(|k| k.family == family)
             .filter(|k| match (&header.kid, &k.kid) {
                 (Some(want), Some(have)) => want == have,
