@@ -5,6 +5,8 @@
 # no 5xx, every status documented, every answer matching its schema.
 #   SCHEMATHESIS_EXAMPLES  examples per operation [default: 30]
 #   SCHEMATHESIS_VENV      where the pinned tools are installed [default: .ci/.venv-api]
+#   SCHEMATHESIS_BIN       a launcher already built (CI passes the one its
+#                          test step built) [default: build it here]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -15,10 +17,13 @@ if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/openapi-spec-validator
     schemathesis==4.32.5 openapi-spec-validator==0.9.0
 fi
 
-# SCHEMATHESIS_CARGO_ARGS: extra cargo arguments (e.g. --config for a shared target dir)
-# shellcheck disable=SC2086
-cargo build --quiet --locked -p loyalty ${SCHEMATHESIS_CARGO_ARGS:-}
-bin="$CARGO_TARGET_DIR/debug/loyalty"
+bin="${SCHEMATHESIS_BIN:-}"
+if [ -z "$bin" ]; then
+  # SCHEMATHESIS_CARGO_ARGS: extra cargo arguments (e.g. --config for a shared target dir)
+  # shellcheck disable=SC2086
+  cargo build --quiet --locked -p loyalty ${SCHEMATHESIS_CARGO_ARGS:-}
+  bin="$CARGO_TARGET_DIR/debug/loyalty"
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 http_port=$(free_port)

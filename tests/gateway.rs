@@ -135,6 +135,38 @@ async fn every_authentication_failure_is_refused() {
 }
 
 #[tokio::test]
+async fn staff_keys_rotate_in_the_jwks_file_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("staff.jwks.json");
+    std::fs::copy(key("staff_jwks.json"), &jwks).unwrap();
+    let suite = Suite::start(&[("staff_jwt_jwks", jwks.to_str().unwrap())]).await;
+    let path = "/v1/membership/info";
+    let old = || bearer(&staff_token(PROGRAM, "s1", &["analyst"]));
+    let new = || bearer(&staff_token_signed("staff-2", "staff_ec2_private.pem"));
+    let r = get(suite.http, path, &[old()]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = get(suite.http, path, &[new()]).await;
+    assert_eq!(r.status, 401, "a key the file lacks");
+
+    // the identity provider rotates: staff-2 replaces staff-1 (write, rename)
+    let aside = dir.path().join("staff.jwks.json.new");
+    std::fs::copy(key("staff_jwks_rotated.json"), &aside).unwrap();
+    std::fs::rename(&aside, &jwks).unwrap();
+    // past the minimum interval between two looks at the file
+    tokio::time::sleep(loyalty_gateway::identity::JwksRefresh::default().min_interval).await;
+    let r = get(suite.http, path, &[new()]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = get(suite.http, path, &[old()]).await;
+    assert_eq!(r.status, 401, "the removed key");
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("no key"),
+        "{}",
+        r.json()
+    );
+    suite.stop().await;
+}
+
+#[tokio::test]
 async fn a_member_cannot_reach_another_members_home() {
     let suite = Suite::start(&[]).await;
     let m1 = [bearer(&member_token(PROGRAM, "m1"))];

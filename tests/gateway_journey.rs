@@ -86,7 +86,7 @@ async fn member_journey(engine: TestEngine) {
     assert_eq!(progress["remainingToNext"], "37200");
 
     // an admin puts a reward worth 100 points in the catalog; the member
-    // redeems it (POST …/members/{member_id}:redeem)
+    // redeems it (POST …/members/{member_id}/redemptions)
     let r = post(
         h,
         &format!("/v1/programs/{PROGRAM}/catalog/items"),
@@ -103,7 +103,7 @@ async fn member_journey(engine: TestEngine) {
     let item = r.json()["item"]["itemId"].as_str().unwrap().to_owned();
     let r = post(
         h,
-        &format!("{base}:redeem"),
+        &format!("{base}/redemptions"),
         &me,
         &json!({"itemId": item, "quantity": "1", "idempotencyKey": "redeem-1"}),
     )
@@ -128,7 +128,7 @@ async fn member_journey(engine: TestEngine) {
     // more than the balance: the service's refusal, mapped
     let r = post(
         h,
-        &format!("{base}:redeem"),
+        &format!("{base}/redemptions"),
         &me,
         &json!({"itemId": item, "quantity": "1", "idempotencyKey": "redeem-2"}),
     )
@@ -216,27 +216,54 @@ async fn member_journey(engine: TestEngine) {
         .insert("authorization", me[0].1.parse().unwrap());
     let err = client.get_balance(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    // any GET whose query carries a member id
+    // another member's id in a query parameter is refused, even where the
+    // path binds the field (the transcoder would not apply it), on every
+    // member GET route; the member's own id passes
     let doc = get(h, "/openapi.json", &[]).await.json();
     let mut queried = 0;
     for (path, ops) in doc["paths"].as_object().unwrap() {
         let Some(op) = ops.get("get") else { continue };
         let params = op["parameters"].as_array().cloned().unwrap_or_default();
-        let Some(q) = params.iter().find(|p| {
-            p["in"] == "query"
-                && p["name"]
-                    .as_str()
-                    .is_some_and(|n| n == "member_id" || n.ends_with(".member_id"))
-        }) else {
+        if !params
+            .iter()
+            .any(|p| p["in"] == "path" && p["name"] == "member_id")
+        {
             continue;
-        };
+        }
         let concrete = fill_path(path, &params, &member);
-        let url = format!("{concrete}?{}={other}", q["name"].as_str().unwrap());
+        for name in ["member_id", "memberId"] {
+            let url = format!("{concrete}?{name}={other}");
+            let r = get(h, &url, &me).await;
+            assert_eq!(r.status, 403, "{url}");
+            assert_eq!(r.json()["code"], "PERMISSION_DENIED", "{url}");
+        }
+        let url = format!("{concrete}?member_id={member}");
         let r = get(h, &url, &me).await;
-        assert_eq!(r.status, 403, "{url}");
+        assert!(
+            r.status != 403 && r.status < 500,
+            "{url}: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
         queried += 1;
     }
-    println!("query refusals checked on {queried} routes");
+    assert!(queried >= 5, "member GET routes checked: {queried}");
+    let r = get(h, &format!("{base}/balance?member_id={member}"), &me).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["balance"]["available"], "28", "{}", r.json());
+    // a write whose body is the whole message, and the home endpoint
+    let r = post(
+        h,
+        &format!("{base}:check-in?memberId={other}"),
+        &me,
+        &json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = get(h, &format!("{base}/home?member_id={other}"), &me).await;
+    assert_eq!(r.status, 403);
+    let r = get(h, &format!("{base}/home?member_id={member}"), &me).await;
+    assert_eq!(r.status, 200);
     // the page-size cap, naming the field
     let r = get(h, &format!("{base}/coupons?page.page_size=1000"), &me).await;
     assert_eq!(r.status, 400);

@@ -186,6 +186,15 @@ pub fn staff_token(program: &str, subject: &str, roles: &[&str]) -> String {
     )
 }
 
+/// A staff analyst token of p1 signed with `pem_file` under `kid`.
+pub fn staff_token_signed(kid: &str, pem_file: &str) -> String {
+    let claims = json!({
+        "iss": STAFF_ISS, "aud": STAFF_AUD, "sub": "s2", "program_id": PROGRAM,
+        "roles": ["analyst"], "iat": now(), "nbf": now() - 1, "exp": now() + 300,
+    });
+    sign(Algorithm::ES256, Some(kid), pem_file, &claims)
+}
+
 pub fn bearer(token: &str) -> (&'static str, String) {
     ("authorization", format!("Bearer {token}"))
 }

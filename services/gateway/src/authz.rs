@@ -1,6 +1,7 @@
 //! Object-level authorisation at the edge, as defence in depth (services
 //! check again): every `member_id` a member's request carries, in path,
-//! query or body, at any depth, must be the member's own; every
+//! query (even one the transcoder ignores) or body, at any depth, must be
+//! the member's own; every
 //! `program_id` must be the caller's program; a member writes only through
 //! routes addressed to a member (`…/members/{member_id}…`), never through
 //! program-level ones (recording purchases, issuing coupons); program-level
@@ -137,6 +138,32 @@ fn walk(
     Ok(())
 }
 
+/// The same id rules over the raw query string, before transcoding: a
+/// query parameter the transcoder would not apply (one naming a field the
+/// path binds, or any on a route whose body is the whole message) is still
+/// an id the caller sent, and another member's id is refused, not dropped.
+pub fn check_query(principal: &Principal, query: Option<&str>) -> Result<(), ApiError> {
+    let Some(query) = query else { return Ok(()) };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        // malformed escapes are the transcoder's 400, not ours
+        let (Some(key), Some(value)) = (
+            crate::rules::percent_decode(k, true),
+            crate::rules::percent_decode(v, true),
+        ) else {
+            continue;
+        };
+        match key.rsplit('.').next().unwrap_or_default() {
+            "member_id" | "memberId" | "member_ids" | "memberIds" => own_member(principal, &value)?,
+            "program_id" | "programId" if !value.is_empty() && value != principal.program_id() => {
+                return Err(ApiError::denied());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn own_member(principal: &Principal, id: &str) -> Result<(), ApiError> {
     match principal {
         Principal::Member { member_id, .. } if !id.is_empty() && id != member_id => {
@@ -217,6 +244,30 @@ mod tests {
         };
         assert!(check(&me(), program_route, &member_ref("p1", "m1"), 100).is_err());
         assert!(check(&staff(vec![Role::Analyst]), member_write, &m, 100).is_err());
+    }
+
+    #[test]
+    fn ids_in_the_query_are_checked_in_every_spelling() {
+        assert!(check_query(&me(), None).is_ok());
+        assert!(check_query(&me(), Some("member_id=m1&page.page_size=3")).is_ok());
+        for q in [
+            "member_id=m2",
+            "memberId=m2",
+            "filter.member_id=m2",
+            "member_ids=m1&member_ids=m2",
+            "member%5Fid=m2",
+            "program_id=p2",
+        ] {
+            let e = check_query(&me(), Some(q)).unwrap_err();
+            assert_eq!(e.code, tonic::Code::PermissionDenied, "{q}");
+        }
+        let staff = Principal::Staff {
+            program_id: "p1".into(),
+            subject: "s".into(),
+            roles: vec![Role::Analyst],
+        };
+        assert!(check_query(&staff, Some("member_id=m2")).is_ok());
+        assert!(check_query(&staff, Some("programId=p2")).is_err());
     }
 
     #[test]

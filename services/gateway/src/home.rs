@@ -137,6 +137,7 @@ pub(crate) async fn handle(
     let kind = principal_kind(&principal);
     // the same object-level check as any member-scoped read
     let check = (|| -> Result<(), ApiError> {
+        authz::check_query(&principal, req.uri().query())?;
         let desc = loyalty_proto::descriptor_pool()
             .get_message_by_name("loyalty.common.v1.MemberRef")
             .ok_or_else(|| ApiError::new(tonic::Code::Internal, "MemberRef missing"))?;

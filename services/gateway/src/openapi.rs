@@ -216,7 +216,12 @@ pub fn document(routes: &[Route]) -> Value {
             let schema = resolve_field(&input, &v.field)
                 .and_then(|fs| fs.last().cloned())
                 .map_or_else(|| json!({"type": "string"}), |f| schemas.field(&f));
-            params.push(json!({"name": v.field, "in": "path", "required": true, "schema": schema}));
+            let mut p =
+                json!({"name": r.param_name(v), "in": "path", "required": true, "schema": schema});
+            if v.field.contains('.') {
+                p["description"] = json!(format!("The request field `{}`", v.field));
+            }
+            params.push(p);
             bound.push(v.field.clone());
         }
         let mut op = json!({
@@ -265,7 +270,7 @@ pub fn document(routes: &[Route]) -> Value {
             "default": error_response("An error (4xx/5xx) mapped from the gRPC status"),
         });
         paths
-            .entry(r.template.openapi_path())
+            .entry(r.openapi_path())
             .or_default()
             .insert(r.verb.as_str().to_ascii_lowercase(), op);
     }
@@ -367,7 +372,7 @@ mod tests {
         let routes = crate::rules::routes(loyalty_proto::descriptor_pool()).unwrap();
         let doc = document(&routes);
         for r in &routes {
-            let op = &doc["paths"][r.template.openapi_path()][r.verb.as_str().to_ascii_lowercase()];
+            let op = &doc["paths"][r.openapi_path()][r.verb.as_str().to_ascii_lowercase()];
             assert!(op.is_object(), "{} undocumented", r.template.raw);
             assert!(op["responses"]["200"].is_object());
         }
@@ -383,5 +388,26 @@ mod tests {
             assert!(schemas[name].is_object(), "dangling $ref {name}");
         }
         assert!(docs_page(&routes).contains("/v1/rewards/info"));
+        // one path item per hierarchy: OpenAPI forbids two templated paths
+        // that differ only in their parameter names
+        let mut shapes = std::collections::BTreeMap::new();
+        for path in doc["paths"].as_object().unwrap().keys() {
+            let mut shape = String::new();
+            let mut depth = 0;
+            for c in path.chars() {
+                match c {
+                    '{' => {
+                        depth += 1;
+                        shape.push_str("{}");
+                    }
+                    '}' => depth -= 1,
+                    c if depth == 0 => shape.push(c),
+                    _ => {}
+                }
+            }
+            if let Some(other) = shapes.insert(shape, path.clone()) {
+                panic!("{path} and {other} are one path to OpenAPI");
+            }
+        }
     }
 }

@@ -106,6 +106,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request) -> Response {
         Err(e) => return finish(e.into_response_with(rid), &label, None),
     };
     let result = async {
+        authz::check_query(&principal, parts.uri.query())?;
         let bytes = read_body(body, &parts.headers, gw.0.body_limit).await?;
         let msg = transcode::request_message(route, &vars, parts.uri.query(), &bytes)?;
         let shape = authz::RpcShape::of(

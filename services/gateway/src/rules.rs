@@ -163,15 +163,39 @@ impl Template {
             + usize::from(self.verb.is_some())
     }
 
+    /// The template with variable names erased (`/v1/programs/*/members/*:redeem`):
+    /// two templates of one shape match exactly the same paths.
+    pub fn shape(&self) -> String {
+        let mut out = String::new();
+        for t in &self.toks {
+            out.push('/');
+            match t {
+                Tok::Lit(l) => out.push_str(l),
+                Tok::Any => out.push('*'),
+                Tok::Rest => out.push_str("**"),
+            }
+        }
+        if let Some(v) = &self.verb {
+            out.push(':');
+            out.push_str(v);
+        }
+        out
+    }
+
     /// The OpenAPI form: every variable as `{field}`.
     pub fn openapi_path(&self) -> String {
+        self.openapi_path_named(|v| v.field.clone())
+    }
+
+    /// The OpenAPI form with every variable as `{name(var)}`.
+    pub fn openapi_path_named(&self, name: impl Fn(&Var) -> String) -> String {
         let mut out = String::new();
         let mut t = 0;
         while t < self.toks.len() {
             out.push('/');
             if let Some(v) = self.vars.iter().find(|v| v.start == t) {
                 out.push('{');
-                out.push_str(&v.field);
+                out.push_str(&name(v));
                 out.push('}');
                 t += v.len;
                 continue;
@@ -254,6 +278,33 @@ pub struct Route {
 }
 
 impl Route {
+    /// The OpenAPI name of a path variable. A nested field (`rule.program_id`)
+    /// is named by its last part (`program_id`) unless that is ambiguous in
+    /// the route, then by its path with underscores (`rule_program_id`):
+    /// parameter names with dots are not portable across OpenAPI tools.
+    pub fn param_name(&self, var: &Var) -> String {
+        let Some((_, leaf)) = var.field.rsplit_once('.') else {
+            return var.field.clone();
+        };
+        let leaf_of = |f: &str| f.rsplit('.').next().unwrap_or(f).to_owned();
+        let ambiguous = self
+            .template
+            .vars
+            .iter()
+            .any(|o| o.field != var.field && leaf_of(&o.field) == leaf)
+            || self.method.input().get_field_by_name(leaf).is_some();
+        if ambiguous {
+            var.field.replace('.', "_")
+        } else {
+            leaf.to_owned()
+        }
+    }
+
+    /// The path as the OpenAPI document names it (see [`Route::param_name`]).
+    pub fn openapi_path(&self) -> String {
+        self.template.openapi_path_named(|v| self.param_name(v))
+    }
+
     /// `RewardsService.GetBalance`.
     pub fn short_name(&self) -> String {
         format!(
@@ -347,30 +398,38 @@ pub fn routes(pool: &DescriptorPool) -> Result<Vec<Route>, String> {
     }
     // most specific first
     out.sort_by_key(|r| std::cmp::Reverse(r.template.literal_count()));
-    for (a, b) in conflicts(&out) {
-        tracing::error!(
-            first = %a, second = %b,
-            "two RPCs claim the same REST route; the first is served, the second only over gRPC"
-        );
-    }
+    refuse_conflicts(&out)?;
     Ok(out)
 }
 
-/// Pairs of RPCs annotated with the same method and path template (a
-/// contract mistake: only the first is reachable over REST).
-pub fn conflicts(routes: &[Route]) -> Vec<(String, String)> {
-    let mut out = Vec::new();
+/// A contract mistake that would leave an RPC unreachable over REST: two
+/// bindings with the same HTTP method and the same template (variable
+/// names aside). The gateway refuses to start rather than serve one.
+pub fn refuse_conflicts(routes: &[Route]) -> Result<(), String> {
+    let mut clashes = Vec::new();
     for (i, a) in routes.iter().enumerate() {
         for b in &routes[i + 1..] {
-            if a.verb == b.verb && a.template.openapi_path() == b.template.openapi_path() {
-                out.push((
-                    a.method.full_name().to_owned(),
-                    b.method.full_name().to_owned(),
+            if a.verb == b.verb && a.template.shape() == b.template.shape() {
+                clashes.push(format!(
+                    "{} {} is claimed by both {} ({}) and {} ({})",
+                    a.verb,
+                    a.template.shape(),
+                    a.method.full_name(),
+                    a.template.raw,
+                    b.method.full_name(),
+                    b.template.raw,
                 ));
             }
         }
     }
-    out
+    if clashes.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "conflicting REST routes in the google.api.http annotations: {}",
+            clashes.join("; ")
+        ))
+    }
 }
 
 /// The field at a dot-separated path of proto names.
@@ -475,6 +534,93 @@ mod tests {
         for svc in ["membership", "rewards", "feedback", "retention"] {
             assert!(routes.iter().any(|r| r.service == svc), "{svc}");
         }
+        // nested path fields get plain OpenAPI names
+        let update = routes
+            .iter()
+            .find(|r| r.rpc_path.ends_with("RewardsService/UpdateEarningRule"))
+            .unwrap();
+        assert_eq!(
+            update.template.raw,
+            "/v1/programs/{rule.program_id}/earning-rules/{rule.rule_id}"
+        );
+        assert_eq!(
+            update.openapi_path(),
+            "/v1/programs/{program_id}/earning-rules/{rule_id}"
+        );
+        for r in &routes {
+            assert!(!r.openapi_path().contains('.'), "{}", r.openapi_path());
+        }
+    }
+
+    /// The contract with `CatalogService.RedeemReward` annotated `post: path`.
+    fn pool_with_redeem_reward_at(path: &str) -> DescriptorPool {
+        use prost::Message as _;
+        use prost_reflect::{DynamicMessage, Value};
+        let pool = loyalty_proto::descriptor_pool();
+        let http = pool.get_extension_by_name("google.api.http").unwrap();
+        let set = pool
+            .get_message_by_name("google.protobuf.FileDescriptorSet")
+            .unwrap();
+        let mut set = DynamicMessage::decode(set, loyalty_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut changed = false;
+        let Some(Value::List(files)) = set.get_field_by_name_mut("file") else {
+            panic!("a descriptor set has files")
+        };
+        for file in files.iter_mut().filter_map(Value::as_message_mut) {
+            let Some(Value::List(services)) = file.get_field_by_name_mut("service") else {
+                continue;
+            };
+            for svc in services.iter_mut().filter_map(Value::as_message_mut) {
+                let catalog = svc.get_field_by_name("name").as_deref()
+                    == Some(&Value::String("CatalogService".into()));
+                let Some(Value::List(methods)) = svc.get_field_by_name_mut("method") else {
+                    continue;
+                };
+                for m in methods.iter_mut().filter_map(Value::as_message_mut) {
+                    let redeem = m.get_field_by_name("name").as_deref()
+                        == Some(&Value::String("RedeemReward".into()));
+                    if !(catalog && redeem) {
+                        continue;
+                    }
+                    let Some(Value::Message(opts)) = m.get_field_by_name_mut("options") else {
+                        panic!("RedeemReward is annotated")
+                    };
+                    let Value::Message(rule) = opts.get_extension_mut(&http) else {
+                        panic!("an HttpRule")
+                    };
+                    rule.set_field_by_name("post", Value::String(path.into()));
+                    changed = true;
+                }
+            }
+        }
+        assert!(changed, "CatalogService.RedeemReward found");
+        DescriptorPool::decode(set.encode_to_vec().as_slice()).unwrap()
+    }
+
+    #[test]
+    fn two_rpcs_claiming_one_route_stop_the_gateway() {
+        // the same template under other variable names is the same route
+        let pool =
+            pool_with_redeem_reward_at("/v1/programs/{program_id}/members/{member_id=*}:redeem");
+        let err = routes(&pool).unwrap_err();
+        assert!(
+            err.contains("loyalty.rewards.v1.RewardsService.Redeem"),
+            "{err}"
+        );
+        assert!(
+            err.contains("loyalty.rewards.v1.CatalogService.RedeemReward"),
+            "{err}"
+        );
+        assert!(
+            err.contains("POST /v1/programs/*/members/*:redeem"),
+            "{err}"
+        );
+        // its own route is fine
+        let pool =
+            pool_with_redeem_reward_at("/v1/programs/{program_id}/members/{member_id}/redemptions");
+        assert!(routes(&pool).is_ok());
+        // the shipped contract has no clash
+        assert!(routes(loyalty_proto::descriptor_pool()).is_ok());
     }
 
     #[test]
