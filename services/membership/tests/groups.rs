@@ -23,7 +23,8 @@ fn group(id: &str, name: &str) -> pb::CreateGroupRequest {
         group_id: id.into(),
         name: name.into(),
         description: "weekly runs".into(),
-    }
+        ..Default::default()
+    }..Default::default()
 }
 
 async fn groups_are_joined_left_and_listed(engine: TestEngine) {
