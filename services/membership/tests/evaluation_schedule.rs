@@ -30,8 +30,8 @@ async fn two_zones(env: &Env) -> (String, String) {
     let mut ny = program("ny");
     ny.time_zone = "America/New_York".into();
     env.create_program(ny).await;
-    let a = env.enroll("sh", "u1", profile("13800000001", "")).await;
-    let b = env.enroll("ny", "u1", profile("13800000002", "")).await;
+    let a = env.enroll("sh", "u1", profile("+8613800000001", "")).await;
+    let b = env.enroll("ny", "u1", profile("+8613800000002", "")).await;
     let at: DateTime<Utc> = "2025-03-01T12:00:00Z".parse().unwrap();
     env.ts
         .publish(&[

@@ -24,7 +24,7 @@ fn group(id: &str, name: &str) -> pb::CreateGroupRequest {
         name: name.into(),
         description: "weekly runs".into(),
         ..Default::default()
-    }..Default::default()
+    }
 }
 
 async fn groups_are_joined_left_and_listed(engine: TestEngine) {

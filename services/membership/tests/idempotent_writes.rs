@@ -63,7 +63,7 @@ async fn update_retry_with_a_key_gets_the_first_answer_not_a_conflict(engine: Te
     let env = Env::start(engine).await;
     env.at("2026-03-01T00:00:00Z");
     env.create_program(program("p1")).await;
-    let m = env.enroll("p1", "u1", profile("13800000001", "")).await;
+    let m = env.enroll("p1", "u1", profile("+8613800000001", "")).await;
     assert_eq!(m.version, 1);
     let mut c = env.client.clone();
 
@@ -128,7 +128,7 @@ async fn status_changes_replay_without_writing_again(engine: TestEngine) {
     let env = Env::start(engine).await;
     env.at("2026-03-01T00:00:00Z");
     env.create_program(program("p1")).await;
-    let m = env.enroll("p1", "u1", profile("13800000001", "")).await;
+    let m = env.enroll("p1", "u1", profile("+8613800000001", "")).await;
     let mut c = env.client.clone();
     let suspend = pb::SuspendMemberRequest {
         program_id: "p1".into(),
@@ -196,7 +196,7 @@ async fn consent_replay_records_no_second_history_row(engine: TestEngine) {
     let env = Env::start(engine).await;
     env.at("2026-03-01T00:00:00Z");
     env.create_program(program("p1")).await;
-    let m = env.enroll("p1", "u1", profile("13800000001", "")).await;
+    let m = env.enroll("p1", "u1", profile("+8613800000001", "")).await;
     let mut c = env.client.clone();
     let consent = |granted: bool, key: &str| pb::SetConsentRequest {
         program_id: "p1".into(),
@@ -320,7 +320,7 @@ async fn group_and_program_creation_replay_the_first_answer(engine: TestEngine) 
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(reason_of(&err), "IDEMPOTENCY_KEY_REUSED");
     // keys are scoped by method: the same key on another write is new
-    let m = env.enroll("p1", "u1", profile("13800000001", "")).await;
+    let m = env.enroll("p1", "u1", profile("+8613800000001", "")).await;
     c.update_member(env.req(rename(&m.member_id, "Mei", 1, "grp-1"), "p1"))
         .await
         .unwrap();
@@ -331,7 +331,7 @@ async fn keys_are_validated(engine: TestEngine) {
     let env = Env::start(engine).await;
     env.at("2026-03-01T00:00:00Z");
     env.create_program(program("p1")).await;
-    let m = env.enroll("p1", "u1", profile("13800000001", "")).await;
+    let m = env.enroll("p1", "u1", profile("+8613800000001", "")).await;
     let mut c = env.client.clone();
     for bad in ["has space".to_owned(), "k".repeat(129)] {
         let err = c

@@ -37,7 +37,7 @@ async fn tag_and_group_changes_are_announced_once(engine: TestEngine) {
     let env = Env::start(engine).await;
     env.at("2026-03-01T00:00:00Z");
     env.create_program(program("p1")).await;
-    let m = env.enroll("p1", "u1", profile("13800000001", "")).await;
+    let m = env.enroll("p1", "u1", profile("+8613800000001", "")).await;
     let id = m.member_id.clone();
     let mut c = env.client.clone();
     let add = |tags: &[&str]| pb::AddMemberTagsRequest {
@@ -163,19 +163,19 @@ async fn names_are_searched_by_any_part_ignoring_case(engine: TestEngine) {
     env.at("2026-03-01T00:00:00Z");
     env.create_program(program("p1")).await;
     let hannah = env
-        .enroll("p1", "u1", named("Hannah", "Lee", "13800000001"))
+        .enroll("p1", "u1", named("Hannah", "Lee", "+8613800000001"))
         .await;
     let ann = env
-        .enroll("p1", "u2", named("ANN", "Wu", "13800000002"))
+        .enroll("p1", "u2", named("ANN", "Wu", "+8613800000002"))
         .await;
     let mei = env
-        .enroll("p1", "u3", named("Mei", "Annand", "13800000003"))
+        .enroll("p1", "u3", named("Mei", "Annand", "+8613800000003"))
         .await;
     let bob = env
-        .enroll("p1", "u4", named("Bob", "Stone", "13800000004"))
+        .enroll("p1", "u4", named("Bob", "Stone", "+8613800000004"))
         .await;
     let zoe = env
-        .enroll("p1", "u5", named("ZOË", "Ōta", "13800000005"))
+        .enroll("p1", "u5", named("ZOË", "Ōta", "+8613800000005"))
         .await;
     let mut ids = vec![
         hannah.member_id.clone(),

@@ -29,7 +29,7 @@ fn consent(member_id: &str, purpose: &str, channel: &str, granted: bool) -> pb::
         source: "app".into(),
         occurred_at: None,
         ..Default::default()
-    }..Default::default()
+    }
 }
 
 async fn consent_withdrawal_stops_contact(engine: TestEngine) {

@@ -424,7 +424,7 @@ async fn recency_counts_calendar_days_in_the_program_zone(engine: TestEngine) {
     let env = Env::start(engine).await;
     env.at("2026-03-01T00:00:00Z");
     env.create_program(program("p1")).await;
-    let m = env.enroll("p1", "u1", profile("13800000001", "")).await;
+    let m = env.enroll("p1", "u1", profile("+8613800000001", "")).await;
     let bought: DateTime<Utc> = "2026-03-10T15:50:00Z".parse().unwrap(); // 23:50 local
     env.at("2026-03-10T15:51:00Z");
     env.ts
