@@ -76,6 +76,7 @@ async fn populated(engine: TestEngine, n: i64, due_now: bool) -> (TestService, D
         .create_program(ts.request(
             pb::CreateProgramRequest {
                 program: Some(program()),
+                ..Default::default()
             },
             &staff(PROGRAM),
         ))

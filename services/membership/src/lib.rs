@@ -20,9 +20,7 @@ pub mod tiering;
 
 use std::sync::Arc;
 
-use chrono::NaiveTime;
 use loyalty_common::db::Migrations;
-use loyalty_common::jobs::Schedule;
 use loyalty_common::runtime::{ScheduledJob, ServiceDef, ServiceRuntime};
 
 /// The service's own tables.
@@ -33,16 +31,9 @@ pub const MIGRATIONS: Migrations = Migrations {
 };
 
 fn jobs(rt: &Arc<ServiceRuntime>) -> Vec<ScheduledJob> {
-    // Daily at 00:30 UTC; members are due at their own local midnights,
-    // so a run after every zone's midnight catches the previous day's dues
-    // at the latest (RunTierEvaluation runs it at once).
-    let schedule = Schedule::DailyAt {
-        time: NaiveTime::from_hms_opt(0, 30, 0).unwrap_or(NaiveTime::MIN),
-        offset: chrono::Offset::fix(&chrono::Utc),
-    };
     vec![(
         Arc::new(evaluation_job::TierEvaluationJob::new(rt.clone())),
-        schedule,
+        evaluation_job::schedule(),
     )]
 }
 

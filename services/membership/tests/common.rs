@@ -43,7 +43,13 @@ impl Env {
         let id = p.program_id.clone();
         self.client
             .clone()
-            .create_program(self.req(pb::CreateProgramRequest { program: Some(p) }, &id))
+            .create_program(self.req(
+                pb::CreateProgramRequest {
+                    program: Some(p),
+                    ..Default::default()
+                },
+                &id,
+            ))
             .await
             .expect("create program")
             .into_inner()

@@ -23,6 +23,7 @@ fn group(id: &str, name: &str) -> pb::CreateGroupRequest {
         group_id: id.into(),
         name: name.into(),
         description: "weekly runs".into(),
+        ..Default::default()
     }
 }
 

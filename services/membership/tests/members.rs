@@ -36,6 +36,7 @@ async fn programs_are_validated_and_created_once(engine: TestEngine) {
         .create_program(env.req(
             pb::CreateProgramRequest {
                 program: Some(program("p1")),
+                ..Default::default()
             },
             "p2",
         ))
@@ -47,7 +48,13 @@ async fn programs_are_validated_and_created_once(engine: TestEngine) {
     bad.currency = "yuan".into();
     bad.tiers[2].threshold = 1;
     let err = c
-        .create_program(env.req(pb::CreateProgramRequest { program: Some(bad) }, "p1"))
+        .create_program(env.req(
+            pb::CreateProgramRequest {
+                program: Some(bad),
+                ..Default::default()
+            },
+            "p1",
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -63,6 +70,7 @@ async fn programs_are_validated_and_created_once(engine: TestEngine) {
         .create_program(env.req(
             pb::CreateProgramRequest {
                 program: Some(program("p1")),
+                ..Default::default()
             },
             "p1",
         ))
@@ -75,6 +83,7 @@ async fn programs_are_validated_and_created_once(engine: TestEngine) {
         .create_program(env.req(
             pb::CreateProgramRequest {
                 program: Some(program("p1")),
+                ..Default::default()
             },
             "p1",
         ))
@@ -88,6 +97,7 @@ async fn programs_are_validated_and_created_once(engine: TestEngine) {
         .create_program(env.req(
             pb::CreateProgramRequest {
                 program: Some(other.clone()),
+                ..Default::default()
             },
             "p1",
         ))
@@ -104,6 +114,7 @@ async fn programs_are_validated_and_created_once(engine: TestEngine) {
                     paths: vec!["name".into()],
                 }),
                 expected_version: 1,
+                ..Default::default()
             },
             "p1",
         ))
@@ -124,6 +135,7 @@ async fn programs_are_validated_and_created_once(engine: TestEngine) {
                     paths: vec!["name".into()],
                 }),
                 expected_version: 1,
+                ..Default::default()
             },
             "p1",
         ))
@@ -410,6 +422,7 @@ async fn lookups_and_authorisation(engine: TestEngine) {
                 member_id: m.member_id.clone(),
                 reason: String::new(),
                 expected_version: 0,
+                ..Default::default()
             },
             &staff_with("p1", &[Role::Analyst]),
         ))
@@ -442,6 +455,7 @@ async fn concurrent_updates_never_lose_a_write(engine: TestEngine) {
                     paths: vec![format!("preferences.k{i}")],
                 }),
                 expected_version: 0,
+                ..Default::default()
             },
             "p1",
         );
@@ -471,6 +485,7 @@ async fn concurrent_updates_never_lose_a_write(engine: TestEngine) {
                     paths: vec!["given_name".into()],
                 }),
                 expected_version: after.version,
+                ..Default::default()
             },
             "p1",
         );
@@ -501,6 +516,7 @@ async fn concurrent_updates_never_lose_a_write(engine: TestEngine) {
                     paths: vec!["nickname".into()],
                 }),
                 expected_version: 0,
+                ..Default::default()
             },
             "p1",
         ))
@@ -538,6 +554,7 @@ async fn status_changes_and_list_paging(engine: TestEngine) {
                 member_id: ids[0].clone(),
                 reason: "fraud check".into(),
                 expected_version: 0,
+                ..Default::default()
             },
             "p1",
         ))
@@ -553,6 +570,7 @@ async fn status_changes_and_list_paging(engine: TestEngine) {
             member_id: ids[1].clone(),
             reason: String::new(),
             expected_version: 0,
+            ..Default::default()
         },
         "p1",
     ))
@@ -564,6 +582,7 @@ async fn status_changes_and_list_paging(engine: TestEngine) {
                 program_id: "p1".into(),
                 member_id: ids[1].clone(),
                 expected_version: 0,
+                ..Default::default()
             },
             "p1",
         ))

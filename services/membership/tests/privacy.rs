@@ -28,6 +28,7 @@ fn consent(member_id: &str, purpose: &str, channel: &str, granted: bool) -> pb::
         policy_version: "2026-01".into(),
         source: "app".into(),
         occurred_at: None,
+        ..Default::default()
     }
 }
 
@@ -109,6 +110,7 @@ async fn consent_withdrawal_stops_contact(engine: TestEngine) {
                 member_id: m.member_id.clone(),
                 reason: String::new(),
                 expected_version: 0,
+                ..Default::default()
             },
             "p1",
         ))
@@ -203,6 +205,7 @@ async fn export_holds_everything_and_erasure_propagates(engine: TestEngine) {
             group_id: "runners".into(),
             name: "Runners".into(),
             description: String::new(),
+            ..Default::default()
         },
         "p1",
     ))
@@ -377,6 +380,7 @@ async fn export_holds_everything_and_erasure_propagates(engine: TestEngine) {
                     paths: vec!["given_name".into()],
                 }),
                 expected_version: 0,
+                ..Default::default()
             },
             "p1",
         ))

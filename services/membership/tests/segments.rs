@@ -19,7 +19,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::Code;
 
-test_on_both_engines!(segments_agree_with_a_brute_force_filter);
+test_on_both_engines!(
+    segments_agree_with_a_brute_force_filter,
+    recency_counts_calendar_days_in_the_program_zone,
+);
 
 const TAGS: [&str; 3] = ["vip", "student", "runner"];
 const CHANNELS: [&str; 3] = ["app", "store", "web"];
@@ -27,6 +30,13 @@ const LOCALES: [&str; 3] = ["zh-CN", "en-US", "fr-FR"];
 const TIERS: [&str; 4] = ["BASE", "SILVER", "GOLD", "PLATINUM"];
 const STATUSES: [&str; 2] = ["active", "suspended"];
 const DAY: i64 = 86_400_000_000;
+/// The program's zone, Asia/Shanghai, is UTC+8 all year.
+const SHANGHAI: i64 = 8 * 3_600_000_000;
+
+/// Calendar days in Shanghai from `then` to `now` (unix micros).
+fn days(then: i64, now: i64) -> i64 {
+    (now + SHANGHAI).div_euclid(DAY) - (then + SHANGHAI).div_euclid(DAY)
+}
 
 struct Facts {
     id: String,
@@ -98,9 +108,9 @@ fn brute(rule: &pb::SegmentRule, f: &Facts, now: i64) -> bool {
                 F::Locale => text(&f.locale),
                 F::Tag => f.tags.contains(&c.text) == (op == O::Has),
                 F::DaysSinceLastPurchase => {
-                    num(Some((now - f.last_purchase.unwrap_or(f.enrolled)) / DAY))
+                    num(Some(days(f.last_purchase.unwrap_or(f.enrolled), now)))
                 }
-                F::DaysSinceEnrolment => num(Some((now - f.enrolled) / DAY)),
+                F::DaysSinceEnrolment => num(Some(days(f.enrolled, now))),
                 F::BirthMonth => num(f.birth_month),
                 F::Unspecified => unreachable!(),
             }
@@ -245,6 +255,7 @@ async fn segments_agree_with_a_brute_force_filter(engine: TestEngine) {
                     member_id: m.member_id.clone(),
                     reason: String::new(),
                     expected_version: 0,
+                    ..Default::default()
                 },
                 "p1",
             ))
@@ -392,5 +403,100 @@ async fn segments_agree_with_a_brute_force_filter(engine: TestEngine) {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(fields_of(&err).contains(&"rule.all.rules[0].condition.operator".to_owned()));
+    env.ts.stop().await;
+}
+
+fn days_rule(op: O, n: i64) -> pb::SegmentRule {
+    pb::SegmentRule {
+        node: Some(pb::segment_rule::Node::Condition(pb::SegmentCondition {
+            field: F::DaysSinceLastPurchase as i32,
+            operator: op as i32,
+            number: n,
+            ..Default::default()
+        })),
+    }
+}
+
+/// A purchase at 23:50 in Shanghai is 0 days ago at 23:55 and 1 day ago
+/// at 00:10, twenty minutes later: by SQL (ListSegmentMembers) and in
+/// memory (GetMemberSegments) alike.
+async fn recency_counts_calendar_days_in_the_program_zone(engine: TestEngine) {
+    let env = Env::start(engine).await;
+    env.at("2026-03-01T00:00:00Z");
+    env.create_program(program("p1")).await;
+    let m = env.enroll("p1", "u1", profile("+8613800000001", "")).await;
+    let bought: DateTime<Utc> = "2026-03-10T15:50:00Z".parse().unwrap(); // 23:50 local
+    env.at("2026-03-10T15:51:00Z");
+    env.ts
+        .publish(&[purchase("p1", &m.member_id, "o1", 100_00, bought)])
+        .await;
+    env.ts.settle().await;
+    let mut c = env.client.clone();
+    let segments = [
+        ("eq-0", days_rule(O::Eq, 0)),
+        ("eq-1", days_rule(O::Eq, 1)),
+        ("gt-0", days_rule(O::Gt, 0)),
+        ("gte-1", days_rule(O::Gte, 1)),
+        ("lt-1", days_rule(O::Lt, 1)),
+        ("lte-0", days_rule(O::Lte, 0)),
+        ("ne-1", days_rule(O::Ne, 1)),
+    ];
+    for (id, rule) in &segments {
+        c.create_segment(env.req(
+            pb::CreateSegmentRequest {
+                program_id: "p1".into(),
+                segment_id: (*id).into(),
+                name: (*id).into(),
+                rule: Some(rule.clone()),
+            },
+            "p1",
+        ))
+        .await
+        .unwrap();
+    }
+    for (at, want) in [
+        (
+            "2026-03-10T15:55:00Z",
+            vec!["eq-0", "lt-1", "lte-0", "ne-1"],
+        ),
+        ("2026-03-10T16:10:00Z", vec!["eq-1", "gt-0", "gte-1"]),
+        ("2026-03-11T15:59:00Z", vec!["eq-1", "gt-0", "gte-1"]),
+        ("2026-03-11T16:00:00Z", vec!["gt-0", "gte-1", "ne-1"]),
+    ] {
+        env.at(at);
+        let in_memory = c
+            .get_member_segments(env.req(
+                pb::GetMemberSegmentsRequest {
+                    program_id: "p1".into(),
+                    member_id: m.member_id.clone(),
+                },
+                "p1",
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .segment_ids;
+        assert_eq!(in_memory, want, "in memory at {at}");
+        let mut by_sql = Vec::new();
+        for (id, _) in &segments {
+            let ids = c
+                .list_segment_members(env.req(
+                    pb::ListSegmentMembersRequest {
+                        program_id: "p1".into(),
+                        segment_id: (*id).into(),
+                        page: None,
+                    },
+                    "p1",
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .member_ids;
+            if ids == [m.member_id.clone()] {
+                by_sql.push(*id);
+            }
+        }
+        assert_eq!(by_sql, want, "by SQL at {at}");
+    }
     env.ts.stop().await;
 }

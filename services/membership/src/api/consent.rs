@@ -1,7 +1,9 @@
 //! SetConsent, GetConsents, ListConsentHistory, CheckConsent.
 
+use chrono::{DateTime, Utc};
 use loyalty_common::auth::Principal;
 use loyalty_common::calendar::{from_timestamp, to_micros, to_timestamp};
+use loyalty_common::db::Tx;
 use loyalty_common::events::outbox;
 use loyalty_common::runtime::ServiceRuntime;
 use loyalty_common::{ServiceError, Violations, paging};
@@ -11,6 +13,7 @@ use loyalty_proto::loyalty::membership::v1 as pb;
 
 use super::{
     MEMBER_PAGES, STAFF_OR_BACKEND, WRITERS, event, now, page, page_response, required, self_or,
+    write_once,
 };
 use crate::domain::consent::{ConsentState, check_channel, check_purpose, deciding};
 use crate::store::{consents, members};
@@ -49,13 +52,28 @@ pub async fn set(
     };
     v.finish()?;
     let at = at.unwrap_or(at_now);
-    let mut tx = rt.db.begin().await?;
-    members::lock(&mut tx, &req.member_id).await?;
-    let m = members::require(&mut tx, &req.program_id, &req.member_id).await?;
+    let (program_id, key) = (req.program_id.clone(), req.idempotency_key.clone());
+    let r = req.clone();
+    write_once(rt, "SetConsent", &program_id, &key, &req, move |tx| {
+        Box::pin(async move { set_in(tx, &r, at, at_now).await })
+    })
+    .await
+}
+
+/// Records the change and its event under the member's row lock; the same
+/// state again records nothing.
+async fn set_in(
+    tx: &mut Tx,
+    req: &pb::SetConsentRequest,
+    at: DateTime<Utc>,
+    at_now: DateTime<Utc>,
+) -> Result<pb::SetConsentResponse, ServiceError> {
+    members::lock(tx, &req.member_id).await?;
+    let m = members::require(tx, &req.program_id, &req.member_id).await?;
     if m.status == "erased" {
         return Err(ServiceError::precondition("the member is erased"));
     }
-    let current = consents::current(&mut tx, &req.member_id).await?;
+    let current = consents::current(tx, &req.member_id).await?;
     let consent = pb::Consent {
         purpose: req.purpose.clone(),
         channel: req.channel.clone(),
@@ -70,14 +88,12 @@ pub async fn set(
             && c.granted == req.granted
             && c.policy_version == req.policy_version
     }) {
-        let same = same.clone();
-        tx.rollback().await?;
         return Ok(pb::SetConsentResponse {
-            consent: Some(same),
+            consent: Some(same.clone()),
             changed: false,
         });
     }
-    consents::set(&mut tx, &req.member_id, &consent, to_micros(at)).await?;
+    consents::set(tx, &req.member_id, &consent, to_micros(at)).await?;
     let env = event(
         &req.program_id,
         &req.member_id,
@@ -89,9 +105,7 @@ pub async fn set(
         }),
         at_now,
     );
-    outbox::append(&mut tx, &env).await?;
-    tx.commit().await?;
-    rt.outbox.notify();
+    outbox::append(tx, &env).await?;
     Ok(pb::SetConsentResponse {
         consent: Some(consent),
         changed: true,

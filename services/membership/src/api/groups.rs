@@ -1,12 +1,15 @@
 //! CreateGroup, ListGroups, JoinGroup, LeaveGroup, ListGroupMembers.
 
 use loyalty_common::auth::Principal;
+use loyalty_common::events::outbox;
 use loyalty_common::runtime::ServiceRuntime;
 use loyalty_common::{ServiceError, Violations, paging};
 use loyalty_proto::loyalty::membership::v1 as pb;
 
+use super::members::member_updated;
 use super::{
     ADMIN, MEMBER_PAGES, STAFF, STAFF_OR_BACKEND, now, page, page_response, required, self_or,
+    write_once,
 };
 use crate::domain::program::check_id;
 use crate::store::{groups, members, programs};
@@ -35,23 +38,28 @@ pub async fn create(
         description: req.description.clone(),
         created_at: None,
     };
-    let mut tx = rt.db.begin().await?;
-    programs::require(&mut tx, &req.program_id).await?;
-    let created = groups::insert(&mut tx, &group, now(rt)).await?;
-    let stored = groups::get(&mut tx, &req.program_id, &req.group_id)
-        .await?
-        .ok_or_else(|| ServiceError::internal("group vanished"))?;
-    if !created && (stored.name != group.name || stored.description != group.description) {
-        return Err(ServiceError::AlreadyExists {
-            resource: "group",
-            field: "group_id".into(),
-        });
-    }
-    tx.commit().await?;
-    Ok(pb::CreateGroupResponse {
-        group: Some(stored),
-        created,
+    let at = now(rt);
+    let (program_id, key) = (req.program_id.clone(), req.idempotency_key.clone());
+    write_once(rt, "CreateGroup", &program_id, &key, &req, move |tx| {
+        Box::pin(async move {
+            programs::require(tx, &group.program_id).await?;
+            let created = groups::insert(tx, &group, at).await?;
+            let stored = groups::get(tx, &group.program_id, &group.group_id)
+                .await?
+                .ok_or_else(|| ServiceError::internal("group vanished"))?;
+            if !created && (stored.name != group.name || stored.description != group.description) {
+                return Err(ServiceError::AlreadyExists {
+                    resource: "group",
+                    field: "group_id".into(),
+                });
+            }
+            Ok(pb::CreateGroupResponse {
+                group: Some(stored),
+                created,
+            })
+        })
     })
+    .await
 }
 
 #[tracing::instrument(skip_all, fields(program_id = %req.program_id))]
@@ -99,15 +107,15 @@ pub async fn join(
     groups::get(&mut tx, &req.program_id, &req.group_id)
         .await?
         .ok_or_else(|| ServiceError::not_found("group", &req.group_id))?;
-    let membership = groups::join(
-        &mut tx,
-        &req.program_id,
-        &req.group_id,
-        &req.member_id,
-        now(rt),
-    )
-    .await?;
+    let at = now(rt);
+    let (membership, joined) =
+        groups::join(&mut tx, &req.program_id, &req.group_id, &req.member_id, at).await?;
+    if joined {
+        let env = member_updated(&m, "groups", std::slice::from_ref(&req.group_id), at);
+        outbox::append(&mut tx, &env).await?;
+    }
     tx.commit().await?;
+    rt.outbox.notify();
     Ok(pb::JoinGroupResponse {
         membership: Some(membership),
     })
@@ -127,7 +135,12 @@ pub async fn leave(
         .await?
         .ok_or_else(|| ServiceError::not_found("group", &req.group_id))?;
     let left = groups::leave(&mut tx, &req.program_id, &req.group_id, &req.member_id).await?;
+    if left && let Some(m) = members::get(&mut tx, &req.program_id, &req.member_id).await? {
+        let env = member_updated(&m, "groups", std::slice::from_ref(&req.group_id), now(rt));
+        outbox::append(&mut tx, &env).await?;
+    }
     tx.commit().await?;
+    rt.outbox.notify();
     Ok(pb::LeaveGroupResponse { left })
 }
 

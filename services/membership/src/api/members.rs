@@ -1,6 +1,7 @@
 //! Enrolment, lookups, profile updates with optimistic versions, status
 //! changes, tags and listing.
 
+use chrono::{DateTime, Utc};
 use loyalty_common::auth::Principal;
 use loyalty_common::calendar::to_micros;
 use loyalty_common::db::{Tx, is_unique_violation};
@@ -15,16 +16,14 @@ use sqlx::AnyConnection;
 
 use super::{
     MEMBER_PAGES, STAFF, STAFF_OR_BACKEND, SUPPORT, WRITERS, event, now, page, page_response,
-    required, self_or,
+    required, self_or, write_once,
 };
 use crate::domain::contact::{Email, Phone, contact_hash};
 use crate::domain::profile::{Profile, apply_mask, parse_profile};
 use crate::domain::tiers::next_evaluation;
 use crate::store::members::{self, Key, MemberRecord};
+use crate::store::programs::ProgramRecord;
 use crate::store::{activity, programs};
-
-/// Most attempts of an update that keeps meeting concurrent changes.
-const MAX_ATTEMPTS: usize = 50;
 
 /// The member as the contract shows it (with tags).
 pub async fn to_proto(c: &mut AnyConnection, m: &MemberRecord) -> Result<pb::Member, ServiceError> {
@@ -317,142 +316,133 @@ pub async fn update(
     required("program_id", &req.program_id)?;
     required("member_id", &req.member_id)?;
     self_or(caller, &req.program_id, &req.member_id, WRITERS)?;
-    let mask = req.update_mask.clone().map(|m| m.paths).unwrap_or_default();
-    let patch = req.profile.clone().unwrap_or_default();
     let program = {
         let mut c = rt.db.pool().acquire().await?;
         programs::require(&mut c, &req.program_id).await?
     };
-    for _ in 0..MAX_ATTEMPTS {
-        let at = now(rt);
-        let mut tx = rt.db.begin().await?;
-        let m = members::require(&mut tx, &req.program_id, &req.member_id).await?;
-        check_writable(&m)?;
-        if req.expected_version != 0 && req.expected_version != m.version {
-            return Err(ServiceError::Conflict(format!(
-                "the member has version {}, not {}",
-                m.version, req.expected_version
-            )));
-        }
-        let mut v = Violations::new();
-        let (profile, changed) =
-            apply_mask(&m.profile, &patch, &mask, program.tz.local_date(at), &mut v);
-        v.finish()?;
-        if changed.is_empty() {
-            let member = to_proto(&mut tx, &m).await?;
-            tx.rollback().await?;
-            return Ok(pb::UpdateMemberResponse {
-                member: Some(member),
-            });
-        }
-        if let Some(key) =
-            members::taken_key(&mut tx, &req.program_id, &m.member_id, None, &profile).await?
-        {
-            return Err(already(key));
-        }
-        match members::update_profile(&mut tx, &m, &profile, at).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tx.rollback().await?;
-                if req.expected_version != 0 {
-                    return Err(ServiceError::Conflict(
-                        "the member changed meanwhile; read it again".into(),
-                    ));
-                }
-                continue; // someone else won: apply ours on top of theirs
-            }
-            Err(e) if is_unique_violation(&e) => {
-                tx.rollback().await?;
-                let mut c = rt.db.pool().acquire().await?;
-                let key = members::taken_key(&mut c, &req.program_id, &m.member_id, None, &profile)
-                    .await?;
-                return Err(already(key.unwrap_or(Key::Phone)));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let updated = members::require(&mut tx, &req.program_id, &req.member_id).await?;
-        let env = event(
-            &m.program_id,
-            &m.member_id,
-            Payload::MemberUpdated(MemberUpdated {
-                changed_fields: changed,
-                version: updated.version,
-                status: String::new(),
-            }),
-            at,
-        );
-        outbox::append(&mut tx, &env).await?;
-        let member = to_proto(&mut tx, &updated).await?;
-        tx.commit().await?;
-        rt.outbox.notify();
-        return Ok(pb::UpdateMemberResponse {
-            member: Some(member),
-        });
-    }
-    Err(ServiceError::Conflict(
-        "the member keeps changing; try again".into(),
-    ))
+    let at = now(rt);
+    let (program_id, key) = (req.program_id.clone(), req.idempotency_key.clone());
+    let r = req.clone();
+    write_once(rt, "UpdateMember", &program_id, &key, &req, move |tx| {
+        Box::pin(async move { update_in(tx, &program, &r, at).await })
+    })
+    .await
 }
 
-/// Moves a member from one of `from` to `to` (same status again: no change).
+/// The member's row is locked first, so the version read is the one the
+/// update checks: no retry loop, and the whole change is one transaction.
+async fn update_in(
+    tx: &mut Tx,
+    program: &ProgramRecord,
+    req: &pb::UpdateMemberRequest,
+    at: DateTime<Utc>,
+) -> Result<pb::UpdateMemberResponse, ServiceError> {
+    let mask = req.update_mask.clone().map(|m| m.paths).unwrap_or_default();
+    let patch = req.profile.clone().unwrap_or_default();
+    members::lock(tx, &req.member_id).await?;
+    let m = members::require(tx, &req.program_id, &req.member_id).await?;
+    check_writable(&m)?;
+    check_version(&m, req.expected_version)?;
+    let mut v = Violations::new();
+    let (profile, changed) =
+        apply_mask(&m.profile, &patch, &mask, program.tz.local_date(at), &mut v);
+    v.finish()?;
+    if changed.is_empty() {
+        return Ok(pb::UpdateMemberResponse {
+            member: Some(to_proto(tx, &m).await?),
+        });
+    }
+    if let Some(key) = members::taken_key(tx, &req.program_id, &m.member_id, None, &profile).await?
+    {
+        return Err(already(key));
+    }
+    match members::update_profile(tx, &m, &profile, at).await {
+        Ok(true) => {}
+        Ok(false) => return Err(changed_meanwhile()),
+        // another member took the key after our check
+        Err(e) if is_unique_violation(&e) => return Err(already(violated_key(&e))),
+        Err(e) => return Err(e.into()),
+    }
+    let updated = members::require(tx, &req.program_id, &req.member_id).await?;
+    let env = event(
+        &m.program_id,
+        &m.member_id,
+        Payload::MemberUpdated(MemberUpdated {
+            changed_fields: changed,
+            version: updated.version,
+            status: String::new(),
+        }),
+        at,
+    );
+    outbox::append(tx, &env).await?;
+    Ok(pb::UpdateMemberResponse {
+        member: Some(to_proto(tx, &updated).await?),
+    })
+}
+
+fn check_version(m: &MemberRecord, expected: i64) -> Result<(), ServiceError> {
+    if expected != 0 && expected != m.version {
+        return Err(ServiceError::Conflict(format!(
+            "the member has version {}, not {expected}",
+            m.version
+        )));
+    }
+    Ok(())
+}
+
+fn changed_meanwhile() -> ServiceError {
+    ServiceError::Conflict("the member changed meanwhile; read it again".into())
+}
+
+/// The key a unique violation is about, from the constraint the engine
+/// names (`members_phone` / `members.phone`).
+fn violated_key(e: &sqlx::Error) -> Key {
+    let text = e.to_string();
+    [Key::Email, Key::CardNumber, Key::ExternalId]
+        .into_iter()
+        .find(|k| text.contains(k.field()))
+        .unwrap_or(Key::Phone)
+}
+
+/// Moves a member from one of `from` to `to` (same status again: no
+/// change), under the member's row lock.
 async fn change_status(
-    rt: &ServiceRuntime,
+    tx: &mut Tx,
     program_id: &str,
     member_id: &str,
     expected_version: i64,
     from: &[&str],
     to: &str,
+    at: DateTime<Utc>,
 ) -> Result<pb::Member, ServiceError> {
-    for _ in 0..MAX_ATTEMPTS {
-        let at = now(rt);
-        let mut tx = rt.db.begin().await?;
-        let m = members::require(&mut tx, program_id, member_id).await?;
-        if expected_version != 0 && expected_version != m.version {
-            return Err(ServiceError::Conflict(format!(
-                "the member has version {}, not {expected_version}",
-                m.version
-            )));
-        }
-        if m.status == to {
-            let member = to_proto(&mut tx, &m).await?;
-            tx.rollback().await?;
-            return Ok(member);
-        }
-        if !from.contains(&m.status.as_str()) {
-            return Err(ServiceError::precondition(format!(
-                "a {} member cannot become {to}",
-                m.status
-            )));
-        }
-        if !members::set_status(&mut tx, member_id, m.version, to, at).await? {
-            tx.rollback().await?;
-            if expected_version != 0 {
-                return Err(ServiceError::Conflict(
-                    "the member changed meanwhile; read it again".into(),
-                ));
-            }
-            continue;
-        }
-        let env = event(
-            program_id,
-            member_id,
-            Payload::MemberUpdated(MemberUpdated {
-                changed_fields: vec!["status".into()],
-                version: m.version + 1,
-                status: to.into(),
-            }),
-            at,
-        );
-        outbox::append(&mut tx, &env).await?;
-        let updated = members::require(&mut tx, program_id, member_id).await?;
-        let member = to_proto(&mut tx, &updated).await?;
-        tx.commit().await?;
-        rt.outbox.notify();
-        return Ok(member);
+    members::lock(tx, member_id).await?;
+    let m = members::require(tx, program_id, member_id).await?;
+    check_version(&m, expected_version)?;
+    if m.status == to {
+        return to_proto(tx, &m).await;
     }
-    Err(ServiceError::Conflict(
-        "the member keeps changing; try again".into(),
-    ))
+    if !from.contains(&m.status.as_str()) {
+        return Err(ServiceError::precondition(format!(
+            "a {} member cannot become {to}",
+            m.status
+        )));
+    }
+    if !members::set_status(tx, member_id, m.version, to, at).await? {
+        return Err(changed_meanwhile());
+    }
+    let env = event(
+        program_id,
+        member_id,
+        Payload::MemberUpdated(MemberUpdated {
+            changed_fields: vec!["status".into()],
+            version: m.version + 1,
+            status: to.into(),
+        }),
+        at,
+    );
+    outbox::append(tx, &env).await?;
+    let updated = members::require(tx, program_id, member_id).await?;
+    to_proto(tx, &updated).await
 }
 
 #[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]
@@ -463,16 +453,25 @@ pub async fn suspend(
 ) -> Result<pb::SuspendMemberResponse, ServiceError> {
     required("member_id", &req.member_id)?;
     p.require_role(&req.program_id, SUPPORT)?;
-    let m = change_status(
-        rt,
-        &req.program_id,
-        &req.member_id,
-        req.expected_version,
-        &["active"],
-        "suspended",
-    )
-    .await?;
-    Ok(pb::SuspendMemberResponse { member: Some(m) })
+    let at = now(rt);
+    let (program_id, key) = (req.program_id.clone(), req.idempotency_key.clone());
+    let r = req.clone();
+    write_once(rt, "SuspendMember", &program_id, &key, &req, move |tx| {
+        Box::pin(async move {
+            let m = change_status(
+                tx,
+                &r.program_id,
+                &r.member_id,
+                r.expected_version,
+                &["active"],
+                "suspended",
+                at,
+            )
+            .await?;
+            Ok(pb::SuspendMemberResponse { member: Some(m) })
+        })
+    })
+    .await
 }
 
 #[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]
@@ -483,16 +482,25 @@ pub async fn reinstate(
 ) -> Result<pb::ReinstateMemberResponse, ServiceError> {
     required("member_id", &req.member_id)?;
     p.require_role(&req.program_id, SUPPORT)?;
-    let m = change_status(
-        rt,
-        &req.program_id,
-        &req.member_id,
-        req.expected_version,
-        &["suspended"],
-        "active",
-    )
-    .await?;
-    Ok(pb::ReinstateMemberResponse { member: Some(m) })
+    let at = now(rt);
+    let (program_id, key) = (req.program_id.clone(), req.idempotency_key.clone());
+    let r = req.clone();
+    write_once(rt, "ReinstateMember", &program_id, &key, &req, move |tx| {
+        Box::pin(async move {
+            let m = change_status(
+                tx,
+                &r.program_id,
+                &r.member_id,
+                r.expected_version,
+                &["suspended"],
+                "active",
+                at,
+            )
+            .await?;
+            Ok(pb::ReinstateMemberResponse { member: Some(m) })
+        })
+    })
+    .await
 }
 
 #[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]
@@ -503,16 +511,25 @@ pub async fn close(
 ) -> Result<pb::CloseMemberResponse, ServiceError> {
     required("member_id", &req.member_id)?;
     self_or(p, &req.program_id, &req.member_id, SUPPORT)?;
-    let m = change_status(
-        rt,
-        &req.program_id,
-        &req.member_id,
-        req.expected_version,
-        &["active", "suspended"],
-        "closed",
-    )
-    .await?;
-    Ok(pb::CloseMemberResponse { member: Some(m) })
+    let at = now(rt);
+    let (program_id, key) = (req.program_id.clone(), req.idempotency_key.clone());
+    let r = req.clone();
+    write_once(rt, "CloseMember", &program_id, &key, &req, move |tx| {
+        Box::pin(async move {
+            let m = change_status(
+                tx,
+                &r.program_id,
+                &r.member_id,
+                r.expected_version,
+                &["active", "suspended"],
+                "closed",
+                at,
+            )
+            .await?;
+            Ok(pb::CloseMemberResponse { member: Some(m) })
+        })
+    })
+    .await
 }
 
 #[tracing::instrument(skip_all, fields(program_id = %req.program_id))]
@@ -536,10 +553,18 @@ pub async fn list(
         tier_code: (!req.tier_code.is_empty()).then(|| req.tier_code.clone()),
         tag: (!req.tag.is_empty()).then(|| req.tag.clone()),
         name_prefix: (!req.name_prefix.is_empty()).then(|| req.name_prefix.clone()),
+        name_contains: (!req.name_contains.is_empty()).then(|| req.name_contains.clone()),
     };
+    let contains_len = req.name_contains.chars().count();
+    if !req.name_contains.is_empty() && !(2..=100).contains(&contains_len) {
+        return Err(ServiceError::invalid(
+            "name_contains",
+            "must have 2 to 100 characters",
+        ));
+    }
     let query = format!(
-        "members|{}|{:?}|{}|{}|{}",
-        req.program_id, status, req.tier_code, req.tag, req.name_prefix
+        "members|{}|{:?}|{}|{}|{}|{}",
+        req.program_id, status, req.tier_code, req.tag, req.name_prefix, req.name_contains
     );
     let pg = page(req.page.as_ref(), MEMBER_PAGES, &query)?;
     let mut c = rt.db.pool().acquire().await?;
@@ -587,19 +612,54 @@ async fn change_tags(
     }
     check_tags("tags", tags, &mut v);
     v.finish()?;
+    let at = now(rt);
     let mut tx = rt.db.begin().await?;
     let m = members::require(&mut tx, program_id, member_id).await?;
     check_writable(&m)?;
+    let mut changed = Vec::new();
     for t in tags {
-        if add {
-            members::add_tag(&mut tx, program_id, member_id, t).await?;
+        let done = if add {
+            members::add_tag(&mut tx, program_id, member_id, t).await?
         } else {
-            members::remove_tag(&mut tx, member_id, t).await?;
+            members::remove_tag(&mut tx, member_id, t).await?
+        };
+        if done && !changed.contains(t) {
+            changed.push(t.clone());
         }
+    }
+    if !changed.is_empty() {
+        let env = member_updated(&m, "tags", &changed, at);
+        outbox::append(&mut tx, &env).await?;
     }
     let now_tags = members::tags(&mut tx, member_id).await?;
     tx.commit().await?;
+    rt.outbox.notify();
     Ok(now_tags)
+}
+
+/// MemberUpdated for a change of `field` (tags, groups) that touched
+/// `items`: the field itself, then `field.<item>` per item changed, the
+/// path form UpdateMember's masks use for single preferences. Tags and
+/// groups are not profile fields: the version stays.
+pub fn member_updated(
+    m: &MemberRecord,
+    field: &str,
+    items: &[String],
+    at: DateTime<Utc>,
+) -> loyalty_proto::events::EventEnvelope {
+    let changed_fields = std::iter::once(field.to_owned())
+        .chain(items.iter().map(|i| format!("{field}.{i}")))
+        .collect();
+    event(
+        &m.program_id,
+        &m.member_id,
+        Payload::MemberUpdated(MemberUpdated {
+            changed_fields,
+            version: m.version,
+            status: String::new(),
+        }),
+        at,
+    )
 }
 
 #[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]

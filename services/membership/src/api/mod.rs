@@ -14,7 +14,9 @@ use chrono::{DateTime, Utc};
 use loyalty_common::ServiceError;
 use loyalty_common::auth::{Principal, Role};
 use loyalty_common::calendar::to_timestamp;
+use loyalty_common::db::Tx;
 use loyalty_common::events::new_envelope;
+use loyalty_common::idempotency::{WorkFuture, run_idempotent};
 use loyalty_common::paging::{self, Page, PageLimits};
 use loyalty_common::runtime::ServiceRuntime;
 use loyalty_proto::common::PageRequest;
@@ -94,4 +96,34 @@ pub fn page_response(next: String) -> Option<loyalty_proto::common::PageResponse
     Some(loyalty_proto::common::PageResponse {
         next_page_token: next,
     })
+}
+
+/// Runs a write in one transaction. With an idempotency key (optional on
+/// this service's writes) it runs once per key through
+/// [`run_idempotent`], scoped to the method and program: a replay answers
+/// what the first call answered and writes nothing.
+pub async fn write_once<Req, Resp, F>(
+    rt: &ServiceRuntime,
+    method: &str,
+    program_id: &str,
+    key: &str,
+    request: &Req,
+    work: F,
+) -> Result<Resp, ServiceError>
+where
+    Req: prost::Message,
+    Resp: prost::Message + Default,
+    F: for<'t> FnOnce(&'t mut Tx) -> WorkFuture<'t, Resp>,
+{
+    let resp = if key.is_empty() {
+        let mut tx = rt.db.begin().await?;
+        let resp = work(&mut tx).await?;
+        tx.commit().await?;
+        resp
+    } else {
+        let scope = format!("membership.{method}/{program_id}");
+        run_idempotent(&rt.db, &scope, key, request, work).await?
+    };
+    rt.outbox.notify();
+    Ok(resp)
 }

@@ -5,7 +5,7 @@ use loyalty_common::auth::Principal;
 use loyalty_common::runtime::ServiceRuntime;
 use loyalty_proto::loyalty::membership::v1 as pb;
 
-use super::{ADMIN, now, required};
+use super::{ADMIN, now, required, write_once};
 use crate::store::programs;
 
 #[tracing::instrument(skip_all, fields(program_id = %req.program.as_ref().map_or("", |p| p.program_id.as_str())))]
@@ -19,29 +19,44 @@ pub async fn create(
         .ok_or_else(|| ServiceError::invalid("program", "is required"))?;
     p.require_role(&program.program_id, ADMIN)?;
     programs::validate(&program)?;
-    let mut tx = rt.db.begin().await?;
-    let created = programs::insert(&mut tx, &program, now(rt)).await?;
-    if !created {
-        let existing = programs::require(&mut tx, &program.program_id).await?;
-        tx.rollback().await?;
-        // the same definition again is a replay; another one is a conflict
-        if programs::definition(&existing.proto) == programs::definition(&program) {
-            return Ok(pb::CreateProgramResponse {
-                program: Some(existing.proto),
-                created: false,
-            });
-        }
-        return Err(ServiceError::AlreadyExists {
-            resource: "program",
-            field: "program_id".into(),
-        });
-    }
-    let stored = programs::require(&mut tx, &program.program_id).await?;
-    tx.commit().await?;
-    Ok(pb::CreateProgramResponse {
-        program: Some(stored.proto),
-        created: true,
-    })
+    let at = now(rt);
+    let key = req.idempotency_key.clone();
+    let request = pb::CreateProgramRequest {
+        program: Some(program.clone()),
+        idempotency_key: key.clone(),
+    };
+    let program_id = program.program_id.clone();
+    write_once(
+        rt,
+        "CreateProgram",
+        &program_id,
+        &key,
+        &request,
+        move |tx| {
+            Box::pin(async move {
+                if !programs::insert(tx, &program, at).await? {
+                    let existing = programs::require(tx, &program.program_id).await?;
+                    // the same definition again is a replay; another one is a conflict
+                    if programs::definition(&existing.proto) == programs::definition(&program) {
+                        return Ok(pb::CreateProgramResponse {
+                            program: Some(existing.proto),
+                            created: false,
+                        });
+                    }
+                    return Err(ServiceError::AlreadyExists {
+                        resource: "program",
+                        field: "program_id".into(),
+                    });
+                }
+                let stored = programs::require(tx, &program.program_id).await?;
+                Ok(pb::CreateProgramResponse {
+                    program: Some(stored.proto),
+                    created: true,
+                })
+            })
+        },
+    )
+    .await
 }
 
 #[tracing::instrument(skip_all, fields(program_id = %req.program_id))]
@@ -95,37 +110,59 @@ pub async fn update(
             ),
         ));
     }
-    let mut tx = rt.db.begin().await?;
-    let current = programs::require(&mut tx, &patch.program_id).await?;
-    if req.expected_version != 0 && req.expected_version != current.proto.version {
-        return Err(ServiceError::Conflict(format!(
-            "program has version {}, not {}",
-            current.proto.version, req.expected_version
-        )));
-    }
-    let mut next = programs::definition(&current.proto);
-    for f in &paths {
-        match f.as_str() {
-            "name" => next.name.clone_from(&patch.name),
-            "currency" => next.currency.clone_from(&patch.currency),
-            "time_zone" => next.time_zone.clone_from(&patch.time_zone),
-            "tiers" => next.tiers.clone_from(&patch.tiers),
-            "qualifying_metric" => next.qualifying_metric = patch.qualifying_metric,
-            "qualifying_window" => next.qualifying_window = patch.qualifying_window,
-            "evaluation_policy" => next.evaluation_policy = patch.evaluation_policy,
-            _ => {}
-        }
-    }
-    programs::validate(&next)?;
-    // version checked under the transaction's write lock
-    if !programs::update(&mut tx, &next, current.proto.version, now(rt)).await? {
-        return Err(ServiceError::Conflict(
-            "the program changed meanwhile; read it again".into(),
-        ));
-    }
-    let stored = programs::require(&mut tx, &next.program_id).await?;
-    tx.commit().await?;
-    Ok(pb::UpdateProgramResponse {
-        program: Some(stored.proto),
-    })
+    let at = now(rt);
+    let key = req.idempotency_key.clone();
+    let request = pb::UpdateProgramRequest {
+        program: Some(patch.clone()),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.clone(),
+        }),
+        expected_version: req.expected_version,
+        idempotency_key: key.clone(),
+    };
+    let program_id = patch.program_id.clone();
+    let expected_version = req.expected_version;
+    write_once(
+        rt,
+        "UpdateProgram",
+        &program_id,
+        &key,
+        &request,
+        move |tx| {
+            Box::pin(async move {
+                let current = programs::require(tx, &patch.program_id).await?;
+                if expected_version != 0 && expected_version != current.proto.version {
+                    return Err(ServiceError::Conflict(format!(
+                        "program has version {}, not {expected_version}",
+                        current.proto.version
+                    )));
+                }
+                let mut next = programs::definition(&current.proto);
+                for f in &paths {
+                    match f.as_str() {
+                        "name" => next.name.clone_from(&patch.name),
+                        "currency" => next.currency.clone_from(&patch.currency),
+                        "time_zone" => next.time_zone.clone_from(&patch.time_zone),
+                        "tiers" => next.tiers.clone_from(&patch.tiers),
+                        "qualifying_metric" => next.qualifying_metric = patch.qualifying_metric,
+                        "qualifying_window" => next.qualifying_window = patch.qualifying_window,
+                        "evaluation_policy" => next.evaluation_policy = patch.evaluation_policy,
+                        _ => {}
+                    }
+                }
+                programs::validate(&next)?;
+                // version checked under the transaction's write lock
+                if !programs::update(tx, &next, current.proto.version, at).await? {
+                    return Err(ServiceError::Conflict(
+                        "the program changed meanwhile; read it again".into(),
+                    ));
+                }
+                let stored = programs::require(tx, &next.program_id).await?;
+                Ok(pb::UpdateProgramResponse {
+                    program: Some(stored.proto),
+                })
+            })
+        },
+    )
+    .await
 }

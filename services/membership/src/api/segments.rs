@@ -10,7 +10,8 @@ use sqlx::AnyConnection;
 use super::{ID_PAGES, MEMBER_PAGES, STAFF_OR_BACKEND, now, page, page_response, required};
 use crate::domain::program::check_id;
 use crate::domain::segment::{Rule, parse_rule};
-use crate::store::{members, segments};
+use crate::store::segments::Today;
+use crate::store::{members, programs, segments};
 
 const DEFINERS: &[Role] = &[Role::ProgramAdmin, Role::Analyst];
 
@@ -122,11 +123,12 @@ pub async fn members_of(
     let mut c = rt.db.pool().acquire().await?;
     let segment = require(&mut c, &req.program_id, &req.segment_id).await?;
     let rule = rule_of(&segment)?;
+    let program = programs::require(&mut c, &req.program_id).await?;
     let ids = segments::matching_members(
         &mut c,
         &req.program_id,
         &rule,
-        now(rt),
+        &Today::of(&program.tz, now(rt)),
         pg.after.as_deref().unwrap_or(""),
         pg.fetch_limit(),
     )
@@ -145,10 +147,11 @@ pub async fn segments_of(
     program_id: &str,
     member_id: &str,
 ) -> Result<Vec<String>, ServiceError> {
+    let program = programs::require(c, program_id).await?;
     let m = members::require(c, program_id, member_id).await?;
     let tags = members::tags(c, member_id).await?;
-    let facts = m.facts(&tags);
-    let at = now(rt);
+    let facts = m.facts(&tags, &program.tz);
+    let today = program.tz.local_date(now(rt));
     let mut out = Vec::new();
     let mut after = String::new();
     loop {
@@ -157,7 +160,7 @@ pub async fn segments_of(
             break;
         };
         for s in &page {
-            if rule_of(&s.proto)?.matches(&facts, at) {
+            if rule_of(&s.proto)?.matches(&facts, today) {
                 out.push(s.proto.segment_id.clone());
             }
         }

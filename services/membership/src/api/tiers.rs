@@ -99,7 +99,12 @@ pub async fn run_evaluation(
 ) -> Result<pb::RunTierEvaluationResponse, ServiceError> {
     required("program_id", &req.program_id)?;
     p.require_role(&req.program_id, ADMIN)?;
-    let job = TierEvaluationJob::new(rt.clone());
+    {
+        let mut c = rt.db.pool().acquire().await?;
+        programs::require(&mut c, &req.program_id).await?;
+    }
+    // the caller's program only: an administrator reviews its own members
+    let job = TierEvaluationJob::for_program(rt.clone(), &req.program_id);
     let runner = JobRunner::new(rt.db.clone());
     // Its own task: a caller that gives up (deadline, disconnect) does not
     // cut the run between checkpoints; it finishes and releases its lease.

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, Utc};
+use chrono::NaiveDate;
 use loyalty_common::Violations;
 use loyalty_proto::loyalty::membership::v1 as pb;
 
@@ -78,26 +78,24 @@ pub enum Rule {
     Any(Vec<Rule>),
 }
 
-/// What a rule is evaluated against: one member's attributes.
+/// What a rule is evaluated against: one member's attributes. Instants are
+/// held as dates in the program's zone: recency counts calendar days there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberFacts {
     pub tier: String,
     pub status: String,
     pub tags: BTreeSet<String>,
-    pub enrolled_at: DateTime<Utc>,
-    pub last_purchase_at: Option<DateTime<Utc>>,
+    pub enrolled_on: NaiveDate,
+    pub last_purchase_on: Option<NaiveDate>,
     pub enrolment_channel: String,
     pub locale: String,
     pub birth_month: Option<i64>,
 }
 
-/// Microseconds in a day: recency is counted in whole elapsed days.
-pub const DAY_MICROS: i64 = 86_400_000_000;
-
-/// Whole days elapsed from `then` to `now` (truncated towards zero, as SQL
-/// integer division does).
-pub fn days_between(then: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
-    (now.timestamp_micros() - then.timestamp_micros()) / DAY_MICROS
+/// Calendar days from `then` to `today` (dates in the program's zone): a
+/// purchase late yesterday is 1 day ago just after midnight.
+pub fn days_between(then: NaiveDate, today: NaiveDate) -> i64 {
+    (today - then).num_days()
 }
 
 const STATUSES: [&str; 4] = ["active", "suspended", "closed", "erased"];
@@ -268,18 +266,18 @@ fn parse_condition(c: &pb::SegmentCondition, path: &str, v: &mut Violations) -> 
 }
 
 impl Rule {
-    /// Does the member match, at `now`?
-    pub fn matches(&self, m: &MemberFacts, now: DateTime<Utc>) -> bool {
+    /// Does the member match on `today` (a date in the program's zone)?
+    pub fn matches(&self, m: &MemberFacts, today: NaiveDate) -> bool {
         match self {
-            Self::Condition(c) => c.matches(m, now),
-            Self::All(rules) => rules.iter().all(|r| r.matches(m, now)),
-            Self::Any(rules) => rules.iter().any(|r| r.matches(m, now)),
+            Self::Condition(c) => c.matches(m, today),
+            Self::All(rules) => rules.iter().all(|r| r.matches(m, today)),
+            Self::Any(rules) => rules.iter().any(|r| r.matches(m, today)),
         }
     }
 }
 
 impl Condition {
-    fn matches(&self, m: &MemberFacts, now: DateTime<Utc>) -> bool {
+    fn matches(&self, m: &MemberFacts, today: NaiveDate) -> bool {
         match self.field {
             Field::Tag => {
                 let Value::Text(tag) = &self.value else {
@@ -293,10 +291,10 @@ impl Condition {
             Field::EnrolmentChannel => self.text(&m.enrolment_channel),
             Field::Locale => self.text(&m.locale),
             Field::DaysSinceLastPurchase => self.number(Some(days_between(
-                m.last_purchase_at.unwrap_or(m.enrolled_at),
-                now,
+                m.last_purchase_on.unwrap_or(m.enrolled_on),
+                today,
             ))),
-            Field::DaysSinceEnrolment => self.number(Some(days_between(m.enrolled_at, now))),
+            Field::DaysSinceEnrolment => self.number(Some(days_between(m.enrolled_on, today))),
             Field::BirthMonth => self.number(m.birth_month),
         }
     }
@@ -353,15 +351,15 @@ pub(crate) mod tests {
         }
     }
 
-    fn facts(tier: &str, days_since_purchase: i64, tags: &[&str]) -> (MemberFacts, DateTime<Utc>) {
-        let now: DateTime<Utc> = "2026-06-01T00:00:00Z".parse().unwrap();
+    fn facts(tier: &str, days_since_purchase: i64, tags: &[&str]) -> (MemberFacts, NaiveDate) {
+        let now: NaiveDate = "2026-06-01".parse().unwrap();
         (
             MemberFacts {
                 tier: tier.into(),
                 status: "active".into(),
                 tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-                enrolled_at: now - chrono::TimeDelta::days(400),
-                last_purchase_at: Some(now - chrono::TimeDelta::days(days_since_purchase)),
+                enrolled_on: now - chrono::TimeDelta::days(400),
+                last_purchase_on: Some(now - chrono::TimeDelta::days(days_since_purchase)),
                 enrolment_channel: "app".into(),
                 locale: "zh-CN".into(),
                 birth_month: None,
@@ -405,7 +403,7 @@ pub(crate) mod tests {
         )
         .unwrap();
         let (mut m, now) = facts("GOLD", 1, &[]);
-        m.last_purchase_at = None;
+        m.last_purchase_on = None;
         assert!(rule.matches(&m, now));
         let bm = parse_rule(Some(&cond(F::BirthMonth, O::Ne, "", 3)), "rule", &mut v).unwrap();
         assert!(!bm.matches(&m, now));

@@ -69,14 +69,15 @@ pub async fn insert(tx: &mut Tx, g: &pb::Group, now: DateTime<Utc>) -> Result<bo
 }
 
 /// Adds a member; the existing membership when already in.
+/// Adds the member to the group; true when it was not in it yet.
 pub async fn join(
     tx: &mut Tx,
     program_id: &str,
     group_id: &str,
     member_id: &str,
     now: DateTime<Utc>,
-) -> Result<pb::GroupMembership, ServiceError> {
-    sqlx::query(
+) -> Result<(pb::GroupMembership, bool), ServiceError> {
+    let inserted = sqlx::query(
         "INSERT INTO group_members (program_id, group_id, member_id, joined_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
     )
     .bind(program_id)
@@ -91,11 +92,12 @@ pub async fn join(
         .bind(member_id)
         .fetch_one(&mut **tx)
         .await?;
-    Ok(pb::GroupMembership {
+    let membership = pb::GroupMembership {
         group_id: group_id.to_owned(),
         member_id: member_id.to_owned(),
         joined_at: Some(to_timestamp(from_micros(at))),
-    })
+    };
+    Ok((membership, inserted.rows_affected() == 1))
 }
 
 pub async fn leave(

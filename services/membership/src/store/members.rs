@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use loyalty_common::ServiceError;
-use loyalty_common::calendar::{from_micros, to_micros, to_timestamp};
+use loyalty_common::calendar::{ProgramTz, from_micros, to_micros, to_timestamp};
 use loyalty_common::db::Tx;
 use loyalty_proto::loyalty::membership::v1 as pb;
 use sqlx::any::AnyRow;
@@ -105,13 +105,14 @@ impl MemberRecord {
         }
     }
 
-    pub fn facts(&self, tags: &[String]) -> MemberFacts {
+    /// The member's facts for segment rules, dated in the program's zone.
+    pub fn facts(&self, tags: &[String], tz: &ProgramTz) -> MemberFacts {
         MemberFacts {
             tier: self.tier_code.clone(),
             status: self.status.clone(),
             tags: tags.iter().cloned().collect(),
-            enrolled_at: from_micros(self.enrolled_at),
-            last_purchase_at: self.last_purchase_at.map(from_micros),
+            enrolled_on: tz.local_date(from_micros(self.enrolled_at)),
+            last_purchase_on: self.last_purchase_at.map(|t| tz.local_date(from_micros(t))),
             enrolment_channel: self.enrolment_channel.clone(),
             locale: self.profile.locale.clone(),
             birth_month: self.profile.birthday.map(|b| i64::from(b.month())),
@@ -237,8 +238,8 @@ pub async fn taken_key(
 /// database's constraints).
 pub async fn insert(tx: &mut Tx, m: &MemberRecord) -> Result<(), sqlx::Error> {
     let sql = format!(
-        "INSERT INTO members ({COLUMNS}, birth_month) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+        "INSERT INTO members ({COLUMNS}, birth_month, name_search) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
     );
     let p = &m.profile;
     sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -264,9 +265,30 @@ pub async fn insert(tx: &mut Tx, m: &MemberRecord) -> Result<(), sqlx::Error> {
         .bind(m.enrolled_at)
         .bind(m.updated_at)
         .bind(p.birthday.map(|b| i64::from(b.month())))
+        .bind(name_search(p))
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// The searchable form of a member's name: "given family", lower-cased
+/// (Unicode-aware, so "Ö" finds "ö").
+pub fn name_search(p: &Profile) -> String {
+    format!("{} {}", p.given_name, p.family_name).to_lowercase()
+}
+
+/// A LIKE pattern finding `text` anywhere (lower-cased; the wildcards
+/// `%` and `_` and the escape `\` match themselves).
+pub fn contains_pattern(text: &str) -> String {
+    let mut out = String::from("%");
+    for ch in text.to_lowercase().chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('%');
+    out
 }
 
 /// Writes a new profile if the member still has `version`; false when it
@@ -279,8 +301,8 @@ pub async fn update_profile(
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE members SET given_name = $1, family_name = $2, phone = $3, email = $4, birthday = $5, \
-         birth_month = $6, locale = $7, card_number = $8, preferences = $9, version = version + 1, updated_at = $10 \
-         WHERE member_id = $11 AND version = $12",
+         birth_month = $6, locale = $7, card_number = $8, preferences = $9, version = version + 1, updated_at = $10, \
+         name_search = $13 WHERE member_id = $11 AND version = $12",
     )
     .bind(&p.given_name)
     .bind(&p.family_name)
@@ -294,6 +316,7 @@ pub async fn update_profile(
     .bind(to_micros(now))
     .bind(&m.member_id)
     .bind(m.version)
+    .bind(name_search(p))
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -384,7 +407,7 @@ pub async fn touch_last_purchase(tx: &mut Tx, member_id: &str, at: i64) -> Resul
 pub async fn erase(tx: &mut Tx, member_id: &str, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE members SET external_id = NULL, given_name = '', family_name = '', phone = NULL, email = NULL, \
-         birthday = NULL, birth_month = NULL, locale = '', card_number = NULL, preferences = '{}', \
+         birthday = NULL, birth_month = NULL, locale = '', card_number = NULL, preferences = '{}', name_search = '', \
          enrol_fingerprint = '', status = 'erased', version = version + 1, updated_at = $1 WHERE member_id = $2",
     )
     .bind(to_micros(now))
@@ -409,28 +432,30 @@ pub async fn tags(c: &mut AnyConnection, member_id: &str) -> Result<Vec<String>,
     )
 }
 
+/// Adds a tag; false when the member had it already.
 pub async fn add_tag(
     tx: &mut Tx,
     program_id: &str,
     member_id: &str,
     tag: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO member_tags (program_id, member_id, tag) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("INSERT INTO member_tags (program_id, member_id, tag) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(program_id)
         .bind(member_id)
         .bind(tag)
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
-pub async fn remove_tag(tx: &mut Tx, member_id: &str, tag: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM member_tags WHERE member_id = $1 AND tag = $2")
+/// Removes a tag; false when the member did not have it.
+pub async fn remove_tag(tx: &mut Tx, member_id: &str, tag: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM member_tags WHERE member_id = $1 AND tag = $2")
         .bind(member_id)
         .bind(tag)
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Filters of ListMembers.
@@ -440,6 +465,8 @@ pub struct ListFilter {
     pub tier_code: Option<String>,
     pub tag: Option<String>,
     pub name_prefix: Option<String>,
+    /// Text the lower-cased "given family" name contains.
+    pub name_contains: Option<String>,
 }
 
 /// A page of members after `after` (member id order).
@@ -456,6 +483,7 @@ pub async fn list(
          AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR tier_code = $4) \
          AND ($5 IS NULL OR EXISTS (SELECT 1 FROM member_tags t WHERE t.member_id = m.member_id AND t.tag = $5)) \
          AND ($6 IS NULL OR substr(given_name, 1, length($6)) = $6 OR substr(family_name, 1, length($6)) = $6) \
+         AND ($8 IS NULL OR name_search LIKE $8 ESCAPE '\\') \
          ORDER BY member_id LIMIT $7"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -466,6 +494,7 @@ pub async fn list(
         .bind(f.tag.as_deref())
         .bind(f.name_prefix.as_deref())
         .bind(limit)
+        .bind(f.name_contains.as_deref().map(contains_pattern))
         .fetch_all(c)
         .await?;
     rows.iter().map(from_row).collect()

@@ -1,15 +1,15 @@
 //! Segments: definitions, and their rules compiled to SQL over the members
 //! table (every value bound as a parameter, never spliced into the text).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use loyalty_common::ServiceError;
-use loyalty_common::calendar::{from_micros, to_micros, to_timestamp};
+use loyalty_common::calendar::{ProgramTz, from_micros, to_micros, to_timestamp};
 use loyalty_common::db::Tx;
 use loyalty_proto::loyalty::membership::v1 as pb;
 use prost::Message;
 use sqlx::AnyConnection;
 
-use crate::domain::segment::{Condition, DAY_MICROS, Field, Op, Rule, Value};
+use crate::domain::segment::{Condition, Field, Op, Rule, Value};
 
 /// A bound SQL parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,10 +26,42 @@ pub struct CompiledRule {
     pub params: Vec<Param>,
 }
 
-/// Compiles `rule` at instant `now`; placeholders start at `$first`.
-pub fn compile(rule: &Rule, now: DateTime<Utc>, first: usize) -> CompiledRule {
+/// The program's current date and zone: recency conditions count
+/// calendar days there.
+#[derive(Debug, Clone, Copy)]
+pub struct Today<'a> {
+    pub date: NaiveDate,
+    pub tz: &'a ProgramTz,
+}
+
+impl<'a> Today<'a> {
+    /// The date in `tz` at instant `now`.
+    pub fn of(tz: &'a ProgramTz, now: DateTime<Utc>) -> Self {
+        Self {
+            date: tz.local_date(now),
+            tz,
+        }
+    }
+
+    /// Start (unix micros) of the local day `n` days before today. Day
+    /// counts beyond any real history are clamped, so dates never overflow.
+    fn start_of_day_ago(&self, n: i64) -> i64 {
+        let n = n.clamp(-MAX_DAYS, MAX_DAYS);
+        let day = self
+            .date
+            .checked_sub_signed(TimeDelta::days(n))
+            .unwrap_or(self.date);
+        to_micros(self.tz.start_of_day(day))
+    }
+}
+
+/// Larger day counts than any history (about 270 years) are clamped.
+const MAX_DAYS: i64 = 100_000;
+
+/// Compiles `rule` for `today`; placeholders start at `$first`.
+pub fn compile(rule: &Rule, today: &Today<'_>, first: usize) -> CompiledRule {
     let mut params = Vec::new();
-    let sql = node(rule, to_micros(now), first, &mut params);
+    let sql = node(rule, today, first, &mut params);
     CompiledRule { sql, params }
 }
 
@@ -38,21 +70,27 @@ fn push(params: &mut Vec<Param>, first: usize, p: Param) -> String {
     format!("${}", first + params.len() - 1)
 }
 
-fn node(rule: &Rule, now: i64, first: usize, params: &mut Vec<Param>) -> String {
+fn node(rule: &Rule, today: &Today<'_>, first: usize, params: &mut Vec<Param>) -> String {
     match rule {
-        Rule::Condition(c) => condition(c, now, first, params),
+        Rule::Condition(c) => condition(c, today, first, params),
         Rule::All(rules) => {
-            let parts: Vec<String> = rules.iter().map(|r| node(r, now, first, params)).collect();
+            let parts: Vec<String> = rules
+                .iter()
+                .map(|r| node(r, today, first, params))
+                .collect();
             format!("({})", parts.join(" AND "))
         }
         Rule::Any(rules) => {
-            let parts: Vec<String> = rules.iter().map(|r| node(r, now, first, params)).collect();
+            let parts: Vec<String> = rules
+                .iter()
+                .map(|r| node(r, today, first, params))
+                .collect();
             format!("({})", parts.join(" OR "))
         }
     }
 }
 
-fn condition(c: &Condition, now: i64, first: usize, params: &mut Vec<Param>) -> String {
+fn condition(c: &Condition, today: &Today<'_>, first: usize, params: &mut Vec<Param>) -> String {
     // Column expressions are fixed text chosen here, never caller input.
     let column = match c.field {
         Field::Tag => {
@@ -80,9 +118,7 @@ fn condition(c: &Condition, now: i64, first: usize, params: &mut Vec<Param>) -> 
             } else {
                 "COALESCE(m.last_purchase_at, m.enrolled_at)"
             };
-            let now_p = push(params, first, Param::Int(now));
-            let day_p = push(params, first, Param::Int(DAY_MICROS));
-            format!("(({now_p} - {since}) / {day_p})")
+            return days_since(since, c, today, first, params);
         }
     };
     let op = match c.op {
@@ -116,16 +152,47 @@ fn condition(c: &Condition, now: i64, first: usize, params: &mut Vec<Param>) -> 
     format!("({column} {op} {p})")
 }
 
+/// `days(since) <op> n` in calendar days of the program's zone, written
+/// as a range of the instant column (so it can use an index): `since` is
+/// `n` days ago when it falls in the local day that started `n` days
+/// before today, i.e. in [start(n), start(n - 1)).
+fn days_since(
+    since: &str,
+    c: &Condition,
+    today: &Today<'_>,
+    first: usize,
+    params: &mut Vec<Param>,
+) -> String {
+    let mut bound = |n: i64| push(params, first, Param::Int(today.start_of_day_ago(n)));
+    let mut exactly = |n: i64| {
+        let (from, until) = (bound(n), bound(n - 1));
+        format!("({since} >= {from} AND {since} < {until})")
+    };
+    match (&c.op, &c.value) {
+        (Op::Eq, Value::Number(n)) => exactly(*n),
+        (Op::Ne, Value::Number(n)) => format!("(NOT {})", exactly(*n)),
+        (Op::In, Value::Numbers(ns)) if !ns.is_empty() => {
+            let parts: Vec<String> = ns.iter().map(|n| exactly(*n)).collect();
+            format!("({})", parts.join(" OR "))
+        }
+        (Op::Gt, Value::Number(n)) => format!("({since} < {})", bound(*n)),
+        (Op::Gte, Value::Number(n)) => format!("({since} < {})", bound(n - 1)),
+        (Op::Lt, Value::Number(n)) => format!("({since} >= {})", bound(n - 1)),
+        (Op::Lte, Value::Number(n)) => format!("({since} >= {})", bound(*n)),
+        _ => "(1 = 0)".into(),
+    }
+}
+
 /// One page of member ids matching `rule` after `after`, in id order.
 pub async fn matching_members(
     c: &mut AnyConnection,
     program_id: &str,
     rule: &Rule,
-    now: DateTime<Utc>,
+    today: &Today<'_>,
     after: &str,
     limit: i64,
 ) -> Result<Vec<String>, ServiceError> {
-    let compiled = compile(rule, now, 4);
+    let compiled = compile(rule, today, 4);
     let sql = format!(
         "SELECT m.member_id FROM members m WHERE m.program_id = $1 AND m.member_id > $2 AND {} \
          ORDER BY m.member_id LIMIT $3",
