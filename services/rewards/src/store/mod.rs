@@ -1,6 +1,7 @@
 //! Storage of the rewards service (sqlx over SQLite and PostgreSQL).
 
 pub(crate) mod ledger;
+pub(crate) mod ledger_lanes;
 pub(crate) mod ledger_behaviour;
 pub(crate) mod ledger_policy;
 pub(crate) mod ledger_purchases;
