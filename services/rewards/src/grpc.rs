@@ -249,8 +249,8 @@ impl RewardsService for RewardsApi {
             // each lane of a program on its own writer (see `register`)
             let lanes = ledger_lanes::cached_lane_count(&self.rt.db, &input.program_id).await?;
             let lane = ledger_lanes::lane_of(&input.member_id, lanes);
-            let slot = (ledger_lanes::member_hash(&input.program_id) as u64)
-                .wrapping_add(lane as u64);
+            let slot =
+                (ledger_lanes::member_hash(&input.program_id) as u64).wrapping_add(lane as u64);
             let db = Arc::new(self.db_key().to_owned());
             committer
                 .run_on(slot, move |tx| {

@@ -168,7 +168,12 @@ async fn cross_lane_transfers_racing_each_other_keep_every_balance_equal_to_its_
         let mut c2 = c.clone();
         tasks.push(tokio::spawn(async move {
             let (t, b) = tokio::join!(c.transfer(transfer), c2.record_purchase(buy));
-            (from, to, t.map(|x| x.into_inner()), b.map(|x| x.into_inner()))
+            (
+                from,
+                to,
+                t.map(|x| x.into_inner()),
+                b.map(|x| x.into_inner()),
+            )
         }));
     }
     let mut moved_across = 0;

@@ -72,7 +72,11 @@ async fn refunds_give_back_the_cap_usage_of_the_refunded_part(engine: TestEngine
     assert_eq!(half.points_reversed, 175);
     let given_back = 150 * half.points_reversed / o1.points;
     let o3 = r.buy("m1", bought_at("o-3", 10_000, day)).await;
-    assert_eq!(bonus(&o3), given_back, "earns again up to what was given back");
+    assert_eq!(
+        bonus(&o3),
+        given_back,
+        "earns again up to what was given back"
+    );
     let o4 = r.buy("m1", bought_at("o-4", 10_000, day)).await;
     assert_eq!(bonus(&o4), 0, "and no more");
 
@@ -80,7 +84,11 @@ async fn refunds_give_back_the_cap_usage_of_the_refunded_part(engine: TestEngine
     let rest = r.refund(refund("r2", 10_000)).await.unwrap();
     assert_eq!(half.points_reversed + rest.points_reversed, o1.points);
     let o5 = r.buy("m1", bought_at("o-5", 20_000, day)).await;
-    assert_eq!(bonus(&o5), 150 - given_back, "all that o-1 used is free again");
+    assert_eq!(
+        bonus(&o5),
+        150 - given_back,
+        "all that o-1 used is free again"
+    );
     // a replayed refund gives nothing back twice
     r.refund(refund("r2", 10_000)).await.unwrap();
     let o6 = r.buy("m1", bought_at("o-6", 10_000, day)).await;

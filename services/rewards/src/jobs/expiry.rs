@@ -109,11 +109,8 @@ impl Job for PointsExpiry {
         }
         // every writer of these members waits from here on: their lots
         // cannot change under us
-        let mut lanes = lock_lanes(
-            tx,
-            members.iter().map(|m| (m.0.as_str(), m.1.as_str())),
-        )
-        .await?;
+        let mut lanes =
+            lock_lanes(tx, members.iter().map(|m| (m.0.as_str(), m.1.as_str()))).await?;
         let sums_sql = format!(
             "SELECT program_id, member_id, \
              CAST(SUM(CASE WHEN released = 1 THEN remaining ELSE 0 END) AS BIGINT), \

@@ -48,7 +48,11 @@ impl Job for PendingRelease {
         );
         let due: Vec<(String, String, String)> = self
             .scope
-            .bind(sqlx::query_as(sqlx::AssertSqlSafe(due_sql)).bind(now).bind(CHUNK))
+            .bind(
+                sqlx::query_as(sqlx::AssertSqlSafe(due_sql))
+                    .bind(now)
+                    .bind(CHUNK),
+            )
             .fetch_all(&mut **tx)
             .await?;
         let mut lanes = lock_lanes(tx, due.iter().map(|d| (d.1.as_str(), d.2.as_str()))).await?;

@@ -24,9 +24,9 @@ use loyalty_proto::events::event_envelope::Payload;
 use loyalty_proto::events::{EventEnvelope, PointsEarned, PointsRedeemed};
 
 pub(crate) use crate::domain::expiry::LotTerms;
+use crate::domain::ledger::ChainedEntry;
 #[allow(unused_imports)] // RuleRef: part of the ledger API for other modules
 pub(crate) use crate::domain::ledger::{Cause, EntryKind, Posting, RuleRef};
-use crate::domain::ledger::{ChainedEntry, GENESIS_HASH};
 
 /// The producer name on every event of this service.
 pub(crate) const PRODUCER: &str = "rewards";
@@ -271,13 +271,15 @@ pub(crate) async fn chain_entry(
         )));
     }
     if !is_postgres(tx) {
-        sqlx::query("UPDATE ledger_heads SET seq = $1, hash = $2 WHERE program_id = $3 AND lane = $4")
-            .bind(seq)
-            .bind(&hash)
-            .bind(&head.program_id)
-            .bind(head.lane)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "UPDATE ledger_heads SET seq = $1, hash = $2 WHERE program_id = $3 AND lane = $4",
+        )
+        .bind(seq)
+        .bind(&hash)
+        .bind(&head.program_id)
+        .bind(head.lane)
+        .execute(&mut **tx)
+        .await?;
     }
     head.seq = seq;
     head.hash = hash;
@@ -390,8 +392,8 @@ pub(crate) async fn credit_unannounced(
     }
     // the balance moves first (one statement), its answer says how much
     // debt the credit pays before its lots hold anything
-    let mut available =
-        move_balance(tx, &posting.program_id, &posting.member_id, &deltas).await? - deltas.available;
+    let mut available = move_balance(tx, &posting.program_id, &posting.member_id, &deltas).await?
+        - deltas.available;
     for (points, terms) in parts {
         let remaining = if terms.pending_until.is_some() {
             *points

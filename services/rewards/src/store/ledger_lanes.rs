@@ -42,11 +42,13 @@ pub(crate) fn lane_of(member_id: &str, lanes: i64) -> i64 {
 
 /// The program's lane count, fixing it at [`DEFAULT_LANES`] on first use.
 pub(crate) async fn lane_count(tx: &mut Tx, program_id: &str) -> Result<i64, ServiceError> {
-    sqlx::query("INSERT INTO ledger_programs (program_id, lanes) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(program_id)
-        .bind(DEFAULT_LANES)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO ledger_programs (program_id, lanes) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(program_id)
+    .bind(DEFAULT_LANES)
+    .execute(&mut **tx)
+    .await?;
     Ok(
         sqlx::query_scalar("SELECT lanes FROM ledger_programs WHERE program_id = $1")
             .bind(program_id)

@@ -292,8 +292,7 @@ pub(crate) async fn record_purchase(
             },
         };
         let (entry, event) =
-            ledger::credit_unannounced(tx, &mut head, &posting, &[(posting.points, terms)])
-                .await?;
+            ledger::credit_unannounced(tx, &mut head, &posting, &[(posting.points, terms)]).await?;
         events.push(event);
         entry.0
     } else {
@@ -317,7 +316,14 @@ pub(crate) async fn record_purchase(
         applications: applications_to_proto(&eval),
         lines: lines_to_proto(&eval),
     };
-    let recorded = insert_purchase(tx, input, &response, &eval, &local_date.format("%Y-%m-%d").to_string()).await?;
+    let recorded = insert_purchase(
+        tx,
+        input,
+        &response,
+        &eval,
+        &local_date.format("%Y-%m-%d").to_string(),
+    )
+    .await?;
     if !recorded {
         // the same order id was just recorded for another member
         return Err(ServiceError::precondition(format!(
@@ -372,7 +378,11 @@ async fn insert_purchase(
         (0..input.lines.len())
             .map(|i| {
                 let n = 3 * i + first;
-                format!("(${n}, CAST(${} AS BIGINT), CAST(${} AS BIGINT))", n + 1, n + 2)
+                format!(
+                    "(${n}, CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                    n + 1,
+                    n + 2
+                )
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -499,12 +509,13 @@ pub(crate) async fn record_refund(
 ) -> Result<pb::RecordRefundResponse, ServiceError> {
     // the order's member (never changes) names the lane to lock; the
     // refund's own replay check comes after the lock
-    let member: Option<String> =
-        sqlx::query_scalar("SELECT member_id FROM purchases WHERE program_id = $1 AND order_id = $2")
-            .bind(&input.program_id)
-            .bind(&input.order_id)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let member: Option<String> = sqlx::query_scalar(
+        "SELECT member_id FROM purchases WHERE program_id = $1 AND order_id = $2",
+    )
+    .bind(&input.program_id)
+    .bind(&input.order_id)
+    .fetch_optional(&mut **tx)
+    .await?;
     let Some(member_id) = member else {
         return Err(ServiceError::not_found("order", &input.order_id));
     };
@@ -771,7 +782,8 @@ async fn release_cap_usage(
     if local_day.is_empty() || share.order_points <= 0 || share.reversed_now <= 0 {
         return Ok(());
     }
-    let order = pb::RecordPurchaseResponse::decode(stored_response).map_err(ServiceError::internal)?;
+    let order =
+        pb::RecordPurchaseResponse::decode(stored_response).map_err(ServiceError::internal)?;
     let part = |points: i64, reversed: i64| {
         let p = i128::from(points) * i128::from(reversed.min(share.order_points))
             / i128::from(share.order_points);
