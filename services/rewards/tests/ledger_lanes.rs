@@ -171,8 +171,8 @@ async fn cross_lane_transfers_racing_each_other_keep_every_balance_equal_to_its_
             (
                 from,
                 to,
-                t.map(|x| x.into_inner()),
-                b.map(|x| x.into_inner()),
+                t.map(tonic::Response::into_inner),
+                b.map(tonic::Response::into_inner),
             )
         }));
     }

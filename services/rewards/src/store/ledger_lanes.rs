@@ -90,14 +90,13 @@ pub(crate) async fn cached_lane_count(
     if let Some(n) = cache().lock().ok().and_then(|c| c.get(&key).copied()) {
         return Ok(n);
     }
-    let n = match stored_lane_count(db.pool(), program_id).await? {
-        Some(n) => n,
-        None => {
-            let mut tx = db.begin().await.map_err(ServiceError::from)?;
-            let n = lane_count(&mut tx, program_id).await?;
-            tx.commit().await.map_err(ServiceError::from)?;
-            n
-        }
+    let n = if let Some(n) = stored_lane_count(db.pool(), program_id).await? {
+        n
+    } else {
+        let mut tx = db.begin().await.map_err(ServiceError::from)?;
+        let n = lane_count(&mut tx, program_id).await?;
+        tx.commit().await.map_err(ServiceError::from)?;
+        n
     };
     if let Ok(mut c) = cache().lock() {
         c.insert(key, n);
