@@ -191,13 +191,35 @@ impl GroupCommitter {
         T: Send + 'static,
         F: for<'t> Fn(&'t mut Tx) -> WorkFuture<'t, T> + Send + 'static,
     {
+        self.enqueue(writer_of(key, self.queues.len()), work).await
+    }
+
+    /// [`run`](Self::run) on the writer `slot % writers` instead of the one
+    /// a key hashes to: for callers that spread their keys over the writers
+    /// themselves (rewards gives each ledger lane of a program its own
+    /// writer, so the lanes commit in parallel and a batch never holds two
+    /// lanes of one program).
+    pub async fn run_on<T, F>(&self, slot: u64, work: F) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: for<'t> Fn(&'t mut Tx) -> WorkFuture<'t, T> + Send + 'static,
+    {
+        let writer = (slot % self.queues.len() as u64) as usize;
+        self.enqueue(writer, work).await
+    }
+
+    async fn enqueue<T, F>(&self, writer: usize, work: F) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: for<'t> Fn(&'t mut Tx) -> WorkFuture<'t, T> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Job {
             work,
             outcome: None,
             reply,
         });
-        let queue = &self.queues[writer_of(key, self.queues.len())];
+        let queue = &self.queues[writer];
         queue
             .send(job)
             .await

@@ -24,10 +24,11 @@ use tonic::{Request, Response, Status};
 use crate::domain::earning_rules::parse::behaviour_from_proto;
 use crate::domain::earning_rules::{Behaviour, rule_from_proto};
 use crate::domain::expiry::PointsPolicy;
-use crate::jobs::{PendingRelease, PointsExpiry};
+use crate::jobs::{PendingRelease, PointsExpiry, Scope};
 use crate::store::ledger::{self, Cause, EntryKind, LotTerms, Posting};
 use crate::store::{
-    ledger_behaviour, ledger_policy, ledger_purchases, ledger_queries, rules, rules_cache,
+    ledger_behaviour, ledger_lanes, ledger_policy, ledger_purchases, ledger_queries, rules,
+    rules_cache,
 };
 use crate::validation::require_id as check_id;
 
@@ -35,14 +36,19 @@ use crate::validation::require_id as check_id;
 pub(crate) fn register(rt: Arc<ServiceRuntime>, server: &mut GrpcServer) {
     crate::engagement::register(&rt, server);
     // RecordPurchase coalesces concurrent purchases into group commits, one
-    // batch per program at a time (a program's ledger writers are ordered
-    // by its chain head anyway, so keying by program never deadlocks).
+    // writer per ledger lane of a program (a lane's writes are ordered by
+    // its head anyway, and a batch holding one lane of a program never
+    // waits for a transfer holding another: no deadlock). The lanes of a
+    // program thus commit in parallel, each on its own connection.
     // LOYALTY_REWARDS_GROUP_COMMIT=off gives each call its own transaction
     // (for comparisons in benchmarks).
     let committer = (std::env::var(GROUP_COMMIT_ENV).as_deref() != Ok("off")).then(|| {
         Arc::new(GroupCommitter::new(
             rt.db.clone(),
-            GroupCommitSettings::default(),
+            GroupCommitSettings {
+                writers: ledger_lanes::DEFAULT_LANES as usize,
+                ..GroupCommitSettings::default()
+            },
         ))
     });
     server.add_service(RewardsServiceServer::new(RewardsApi { rt, committer }));
@@ -112,15 +118,26 @@ impl RewardsApi {
         ledger_policy::load(self.rt.db.pool(), program_id).await
     }
 
-    async fn run_job(&self, job: i32) -> Result<pb::RunLifecycleJobResponse, ServiceError> {
+    /// Runs a lifecycle job for `program_id` only (the scheduled runs cover
+    /// every program).
+    async fn run_job(
+        &self,
+        program_id: &str,
+        job: i32,
+    ) -> Result<pb::RunLifecycleJobResponse, ServiceError> {
         let runner = JobRunner::new(self.rt.db.clone());
+        let scope = Scope::program(program_id);
         let report = match lifecycle_job(job)? {
             LifecycleJob::Release => {
                 runner
-                    .trigger(&PendingRelease::new(self.rt.clone()))
+                    .trigger(&PendingRelease::new(self.rt.clone(), scope))
                     .await?
             }
-            LifecycleJob::Expiry => runner.trigger(&PointsExpiry::new(self.rt.clone())).await?,
+            LifecycleJob::Expiry => {
+                runner
+                    .trigger(&PointsExpiry::new(self.rt.clone(), scope))
+                    .await?
+            }
         };
         self.rt.outbox.notify();
         Ok(
@@ -151,11 +168,13 @@ fn lifecycle_job(job: i32) -> Result<LifecycleJob, ServiceError> {
     }
 }
 
-fn job_name(job: &LifecycleJob) -> &'static str {
-    match job {
+/// The name of the job runs triggered for `program_id`.
+fn job_name(job: &LifecycleJob, program_id: &str) -> String {
+    let base = match job {
         LifecycleJob::Release => PendingRelease::NAME,
         LifecycleJob::Expiry => PointsExpiry::NAME,
-    }
+    };
+    Scope::program(program_id).named(base).job_name().to_owned()
 }
 
 #[tonic::async_trait]
@@ -221,10 +240,14 @@ impl RewardsService for RewardsApi {
         // answered after the batch's commit; a retried batch replays (the
         // order id is claimed inside the work)
         let response = if let Some(committer) = &self.committer {
-            let key = input.program_id.clone();
+            // each lane of a program on its own writer (see `register`)
+            let lanes = ledger_lanes::cached_lane_count(&self.rt.db, &input.program_id).await?;
+            let lane = ledger_lanes::lane_of(&input.member_id, lanes);
+            let slot =
+                (ledger_lanes::member_hash(&input.program_id) as u64).wrapping_add(lane as u64);
             let db = Arc::new(self.db_key().to_owned());
             committer
-                .run(&key, move |tx| {
+                .run_on(slot, move |tx| {
                     let input = input.clone();
                     let db = db.clone();
                     Box::pin(async move {
@@ -415,7 +438,19 @@ impl RewardsService for RewardsApi {
                         ..Cause::default()
                     },
                 };
-                let (out, expiries) = ledger::debit_with_expiry(tx, &debit).await?;
+                // both members' lanes, in lane order, before either balance
+                let mut lanes = ledger_lanes::lock_lanes(
+                    tx,
+                    [
+                        (r.program_id.as_str(), r.member_id.as_str()),
+                        (r.program_id.as_str(), r.to_member_id.as_str()),
+                    ],
+                )
+                .await?;
+                let from_head = lanes
+                    .head_of(&r.program_id, &r.member_id)
+                    .ok_or_else(|| ServiceError::internal("transfer lost its lane lock"))?;
+                let (out, expiries) = ledger::debit_in_lane(tx, from_head, &debit).await?;
                 // the points keep the expiry of the lots they came from
                 let parts: Vec<(i64, LotTerms)> = out
                     .lots
@@ -441,7 +476,11 @@ impl RewardsService for RewardsApi {
                         ..Cause::default()
                     },
                 };
-                let credit_entry = ledger::credit_lots(tx, &credit, &parts).await?;
+                // the same lane when both members share it: the head has moved
+                let to_head = lanes
+                    .head_of(&r.program_id, &r.to_member_id)
+                    .ok_or_else(|| ServiceError::internal("transfer lost its lane lock"))?;
+                let credit_entry = ledger::credit_in_lane(tx, to_head, &credit, &parts).await?;
                 let balance =
                     ledger_queries::balance_in_tx(tx, &r.program_id, &r.member_id, now).await?;
                 Ok(pb::TransferResponse {
@@ -527,6 +566,7 @@ impl RewardsService for RewardsApi {
             entries_checked: v.entries_checked,
             first_bad_entry_id: id,
             first_bad_sequence: seq,
+            first_bad_lane: v.first_break_lane,
             problem,
             mismatches: v
                 .mismatches
@@ -698,7 +738,8 @@ impl RewardsService for RewardsApi {
         let p = auth::principal(&request)?;
         let req = request.get_ref();
         p.require_role(&req.program_id, &[Role::ProgramAdmin])?;
-        Ok(Response::new(self.run_job(req.job).await?))
+        check_id("program_id", &req.program_id)?;
+        Ok(Response::new(self.run_job(&req.program_id, req.job).await?))
     }
 
     #[tracing::instrument(skip_all)]
@@ -710,7 +751,7 @@ impl RewardsService for RewardsApi {
         let req = request.get_ref();
         p.require_role(&req.program_id, &[Role::ProgramAdmin, Role::Analyst])?;
         let job = lifecycle_job(req.job)?;
-        let status = jobs::status(&self.rt.db, job_name(&job)).await?;
+        let status = jobs::status(&self.rt.db, &job_name(&job, &req.program_id)).await?;
         Ok(Response::new(status.map_or_else(
             pb::GetLifecycleJobStatusResponse::default,
             |s| {

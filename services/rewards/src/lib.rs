@@ -67,7 +67,10 @@ pub mod bench_support {
     ) -> Result<Option<RunReport>, ServiceError> {
         JobRunner::new(rt.db.clone())
             .with_lease(std::time::Duration::from_secs(600))
-            .trigger(&crate::jobs::PointsExpiry::new(rt.clone()))
+            .trigger(&crate::jobs::PointsExpiry::new(
+                rt.clone(),
+                crate::jobs::Scope::all(),
+            ))
             .await
     }
 }

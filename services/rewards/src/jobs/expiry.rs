@@ -1,150 +1,373 @@
 //! Expiry of points by the program's policy: every lot whose expiry
-//! instant has passed loses what it still holds. Set-based per chunk (one
-//! UPDATE over the chunk's lots, walked by the `lots_expiry` index in
-//! expiry order with each member's lots together), then one expire entry
-//! and one PointsExpired event per member of the chunk (a member whose lots
-//! straddle two chunks gets one per chunk). Idempotent: an expired lot holds nothing, so a
-//! rerun or a resumed run finds nothing twice.
+//! instant has passed loses what it still holds.
+//!
+//! Set-based per chunk: the chunk is the first due lots in `lots_expiry`
+//! index order (expiry instant, then program and member, so a member's lots
+//! come together). After the lanes of the chunk's members are locked, a
+//! fixed number of statements does the chunk whatever its size: one sum
+//! per member, one INSERT … SELECT recording which lots each expire entry
+//! took (`lot_uses`, as debits record theirs), one UPDATE emptying the
+//! lots, multi-row inserts of the entries (one per member, hash-chained in
+//! its lane) and their PointsExpired events, one UPDATE of the balances and
+//! one head update per lane touched. (A member whose lots straddle two
+//! chunks gets one entry per chunk.)
+//!
+//! Idempotent: an expired lot holds nothing, so a rerun finds nothing
+//! twice. Resumable: each chunk commits its effects with the job's
+//! checkpoint (`loyalty_common::jobs`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use loyalty_common::ServiceError;
-use loyalty_common::db::Tx;
+use loyalty_common::db::{Tx, now_micros};
 use loyalty_common::events::{new_envelope, outbox};
 use loyalty_common::jobs::{ChunkOutcome, Job, RunState};
 use loyalty_common::runtime::ServiceRuntime;
 use loyalty_proto::events::PointsExpired;
 use loyalty_proto::events::event_envelope::Payload;
 
-use crate::store::ledger::{self, Cause, Deltas, EntryKind, PRODUCER};
+use super::Scope;
+use crate::domain::ledger::ChainedEntry;
+use crate::store::ledger::{self, EntryKind, PRODUCER};
+use crate::store::ledger_lanes::lock_lanes;
 
 /// Lots expired per chunk (one transaction).
 const CHUNK: i64 = 10_000;
+/// Members per multi-row statement (bind parameters stay far below the
+/// engines' limits: 19 per entry row).
+const ROWS: usize = 500;
+const REASON: &str = "expired by policy";
 
-/// The points expiry job.
+/// The points expiry job, over every program (scheduled) or one
+/// (triggered by that program's admin).
 pub(crate) struct PointsExpiry {
     rt: Arc<ServiceRuntime>,
     chunk: i64,
+    scope: Scope,
 }
 
 impl PointsExpiry {
     pub(crate) const NAME: &'static str = "rewards.points_expiry";
 
-    pub(crate) fn new(rt: Arc<ServiceRuntime>) -> Self {
-        Self { rt, chunk: CHUNK }
+    pub(crate) fn new(rt: Arc<ServiceRuntime>, scope: Scope) -> Self {
+        Self {
+            rt,
+            chunk: CHUNK,
+            scope: scope.named(Self::NAME),
+        }
+    }
+
+    /// The chunk: the first lots due in index order (`$1` now, `$2` the
+    /// chunk size, `$3` the program of a scoped run).
+    fn chunk_sql(&self) -> String {
+        format!(
+            "SELECT lot_id FROM lots WHERE remaining > 0 AND expires_at IS NOT NULL \
+             AND expires_at <= $1 {} ORDER BY expires_at, program_id, member_id, lot_id LIMIT $2",
+            self.scope.filter("$3")
+        )
     }
 }
 
-/// (program, member) → (available points, pending points) expired.
-type Expired = BTreeMap<(String, String), (i64, i64)>;
+/// What one member loses in a chunk.
+#[derive(Debug)]
+struct Loss {
+    program_id: String,
+    member_id: String,
+    available: i64,
+    pending: i64,
+    lots: i64,
+    entry_id: String,
+}
 
 #[async_trait::async_trait]
 impl Job for PointsExpiry {
     fn name(&self) -> &str {
-        Self::NAME
+        self.scope.job_name()
     }
 
     async fn run_chunk(&self, tx: &mut Tx, _run: &RunState) -> Result<ChunkOutcome, ServiceError> {
         let now = self.rt.clock.now().timestamp_micros();
-        let programs: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT program_id FROM (SELECT program_id FROM lots WHERE remaining > 0 \
-             AND expires_at IS NOT NULL AND expires_at <= $1 ORDER BY expires_at, program_id, member_id, lot_id LIMIT $2) d",
-        )
-        .bind(now)
-        .bind(self.chunk)
-        .fetch_all(&mut **tx)
-        .await?;
-        if programs.is_empty() {
+        let chunk_sql = self.chunk_sql();
+        let members_sql = format!(
+            "SELECT DISTINCT program_id, member_id FROM lots WHERE lot_id IN ({chunk_sql})"
+        );
+        let members: Vec<(String, String)> = self
+            .scope
+            .bind(
+                sqlx::query_as(sqlx::AssertSqlSafe(members_sql))
+                    .bind(now)
+                    .bind(self.chunk),
+            )
+            .fetch_all(&mut **tx)
+            .await?;
+        if members.is_empty() {
             return Ok(ChunkOutcome {
                 next_cursor: None,
                 processed: 0,
             });
         }
-        let programs: BTreeSet<String> = programs.into_iter().collect();
-        // every writer of these programs waits from here on: the chunk's
-        // lots cannot change under us
-        let mut heads = super::lock_heads(tx, &programs).await?;
-        // the chunk: the first lots due in index order (no filter by
-        // program, so the walk stays on the `lots_expiry` index)
-        let chunk_sql = "SELECT lot_id FROM lots WHERE remaining > 0 AND expires_at IS NOT NULL \
-             AND expires_at <= $1 ORDER BY expires_at, program_id, member_id, lot_id LIMIT $2";
+        // every writer of these members waits from here on: their lots
+        // cannot change under us
+        let mut lanes =
+            lock_lanes(tx, members.iter().map(|m| (m.0.as_str(), m.1.as_str()))).await?;
         let sums_sql = format!(
             "SELECT program_id, member_id, \
              CAST(SUM(CASE WHEN released = 1 THEN remaining ELSE 0 END) AS BIGINT), \
              CAST(SUM(CASE WHEN released = 0 THEN remaining ELSE 0 END) AS BIGINT), \
              CAST(COUNT(*) AS BIGINT) \
-             FROM lots WHERE lot_id IN ({chunk_sql}) GROUP BY program_id, member_id"
+             FROM lots WHERE lot_id IN ({chunk_sql}) GROUP BY program_id, member_id \
+             ORDER BY program_id, member_id"
         );
-        let rows =
-            sqlx::query_as::<_, (String, String, i64, i64, i64)>(sqlx::AssertSqlSafe(sums_sql))
-                .bind(now)
-                .bind(self.chunk)
-                .fetch_all(&mut **tx)
-                .await?;
-        if let Some(stranger) = rows.iter().find(|r| !programs.contains(&r.0)) {
-            // a lot of another program became due meanwhile: try again
+        let rows: Vec<(String, String, i64, i64, i64)> = self
+            .scope
+            .bind(
+                sqlx::query_as(sqlx::AssertSqlSafe(sums_sql))
+                    .bind(now)
+                    .bind(self.chunk),
+            )
+            .fetch_all(&mut **tx)
+            .await?;
+        if let Some(stranger) = rows.iter().find(|r| !lanes.holds(&r.0, &r.1)) {
+            // a lot of another member became due meanwhile (a transfer
+            // from expired lots): the run resumes here next time
             return Err(ServiceError::Conflict(format!(
-                "expiry chunk gained lots of program {} while locking; retry",
-                stranger.0
+                "expiry chunk gained lots of member {} of program {} while locking; retry",
+                stranger.1, stranger.0
             )));
+        }
+        let losses: Vec<Loss> = rows
+            .into_iter()
+            .map(|(program_id, member_id, available, pending, lots)| Loss {
+                program_id,
+                member_id,
+                available,
+                pending,
+                lots,
+                entry_id: ledger::new_id(),
+            })
+            .collect();
+        let lots: i64 = losses.iter().map(|l| l.lots).sum();
+        // which lots each entry takes, before they are emptied
+        let mut used = 0u64;
+        for part in losses.chunks(ROWS) {
+            used += record_uses(tx, &chunk_sql, &self.scope, now, self.chunk, part).await?;
         }
         let update_sql = format!("UPDATE lots SET remaining = 0 WHERE lot_id IN ({chunk_sql})");
-        let u = sqlx::query(sqlx::AssertSqlSafe(update_sql))
+        let mut u = sqlx::query(sqlx::AssertSqlSafe(update_sql))
             .bind(now)
             .bind(self.chunk);
-        let updated = u.execute(&mut **tx).await?.rows_affected();
-        let mut expired = Expired::new();
-        let mut lots = 0i64;
-        for (program, member, available, pending, count) in rows {
-            expired.insert((program, member), (available, pending));
-            lots += count;
+        if let Some(p) = self.scope.program_id() {
+            u = u.bind(p.to_owned());
         }
-        if u64::try_from(lots).unwrap_or(0) != updated {
+        let updated = u.execute(&mut **tx).await?.rows_affected();
+        if u64::try_from(lots).ok() != Some(updated) || used != updated {
             return Err(ServiceError::internal(format!(
-                "expiry chunk changed under its lock: {lots} lots summed, {updated} expired"
+                "expiry chunk changed under its lock: {lots} lots summed, {used} recorded, {updated} expired"
             )));
         }
-        for ((program, member), (available, pending)) in &expired {
-            let Some(head) = heads.get_mut(program) else {
-                continue;
+        // the entries, chained lane by lane in member order
+        let created_at = now_micros();
+        let mut entries = Vec::with_capacity(losses.len());
+        for loss in &losses {
+            let head = lanes
+                .head_of(&loss.program_id, &loss.member_id)
+                .ok_or_else(|| ServiceError::internal("expiry lost a lane lock"))?;
+            let chained = ChainedEntry {
+                program_id: &loss.program_id,
+                seq: head.seq + 1,
+                entry_id: &loss.entry_id,
+                member_id: &loss.member_id,
+                kind: EntryKind::Expire.as_str(),
+                points: -(loss.available + loss.pending),
+                available_delta: -loss.available,
+                pending_delta: -loss.pending,
+                lifetime_delta: 0,
+                order_id: "",
+                rules: "",
+                staff_id: "",
+                reason: REASON,
+                reference: "",
+                reverses: "",
+                created_at,
             };
-            let entry_id = ledger::new_id();
-            let deltas = Deltas {
-                available: -available,
-                pending: -pending,
-                lifetime: 0,
-            };
-            let cause = Cause {
-                reason: Some("expired by policy".into()),
-                ..Cause::default()
-            };
-            ledger::append_entry(
-                tx,
-                head,
-                &entry_id,
-                member,
-                EntryKind::Expire,
-                &deltas,
-                &cause,
-                None,
-            )
-            .await?;
-            let event = new_envelope(
-                PRODUCER,
-                program,
-                member,
-                Payload::PointsExpired(PointsExpired {
-                    entry_id,
-                    points: available + pending,
-                }),
-            );
-            outbox::append(tx, &event).await?;
+            let hash = chained.hash(&head.hash);
+            entries.push(NewEntry {
+                lane: head.lane,
+                seq: chained.seq,
+                points: chained.points,
+                prev_hash: std::mem::replace(&mut head.hash, hash.clone()),
+                hash,
+            });
+            head.seq += 1;
         }
+        for (part, rows) in losses.chunks(ROWS).zip(entries.chunks(ROWS)) {
+            insert_entries(tx, part, rows, created_at).await?;
+        }
+        for part in losses.chunks(ROWS) {
+            move_balances(tx, part).await?;
+        }
+        let mut moved: BTreeMap<(&str, i64), (i64, &str)> = BTreeMap::new();
+        for head in lanes.heads() {
+            moved.insert((&head.program_id, head.lane), (head.seq, &head.hash));
+        }
+        for ((program_id, lane), (seq, hash)) in moved {
+            sqlx::query(
+                "UPDATE ledger_heads SET seq = $1, hash = $2 WHERE program_id = $3 AND lane = $4",
+            )
+            .bind(seq)
+            .bind(hash)
+            .bind(program_id)
+            .bind(lane)
+            .execute(&mut **tx)
+            .await?;
+        }
+        let events: Vec<_> = losses
+            .iter()
+            .map(|l| {
+                new_envelope(
+                    PRODUCER,
+                    &l.program_id,
+                    &l.member_id,
+                    Payload::PointsExpired(PointsExpired {
+                        entry_id: l.entry_id.clone(),
+                        points: l.available + l.pending,
+                    }),
+                )
+            })
+            .collect();
+        outbox::append_all(tx, &events).await?;
         self.rt.outbox.notify();
         Ok(ChunkOutcome {
             next_cursor: (lots == self.chunk).then(|| "more".to_owned()),
             processed: u64::try_from(lots).unwrap_or(0),
         })
     }
+}
+
+/// Chain fields of a new expire entry.
+struct NewEntry {
+    lane: i64,
+    seq: i64,
+    points: i64,
+    prev_hash: String,
+    hash: String,
+}
+
+/// `(v1, v2, …)` rows of `width` numbered parameters from `$first` on.
+fn values(rows: usize, width: usize, first: usize, casts: &[Option<&str>]) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols = (0..width)
+                .map(|c| {
+                    let n = first + r * width + c;
+                    match casts.get(c).copied().flatten() {
+                        Some(t) => format!("CAST(${n} AS {t})"),
+                        None => format!("${n}"),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({cols})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Records the chunk's lots of `part`'s members under each member's entry
+/// (`lot_uses`: lot, points it held); answers the rows written.
+async fn record_uses(
+    tx: &mut Tx,
+    chunk_sql: &str,
+    scope: &Scope,
+    now: i64,
+    chunk: i64,
+    part: &[Loss],
+) -> Result<u64, ServiceError> {
+    // $1..$3 belong to the chunk's query, the members follow
+    let m = values(part.len(), 3, 4, &[]);
+    let sql = format!(
+        "WITH m (program_id, member_id, entry_id) AS (VALUES {m}) \
+         INSERT INTO lot_uses (entry_id, lot_id, points) \
+         SELECT m.entry_id, l.lot_id, l.remaining FROM lots l \
+         JOIN m ON l.program_id = m.program_id AND l.member_id = m.member_id \
+         WHERE l.lot_id IN ({chunk_sql})"
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(chunk);
+    // $3 is bound either way so the members' numbers stay fixed
+    q = q.bind(scope.program_id().unwrap_or_default().to_owned());
+    for l in part {
+        q = q
+            .bind(l.program_id.clone())
+            .bind(l.member_id.clone())
+            .bind(l.entry_id.clone());
+    }
+    Ok(q.execute(&mut **tx).await?.rows_affected())
+}
+
+async fn insert_entries(
+    tx: &mut Tx,
+    part: &[Loss],
+    rows: &[NewEntry],
+    created_at: i64,
+) -> Result<(), ServiceError> {
+    // constant columns are literals: kind, reason and the empty texts
+    let v = values(part.len(), 10, 3, &[]);
+    let sql = format!(
+        "INSERT INTO ledger_entries (entry_id, program_id, lane, seq, member_id, points, \
+         available_delta, pending_delta, prev_hash, hash, kind, lifetime_delta, order_id, rules, \
+         staff_id, reason, reference, reverses, created_at) \
+         SELECT v.*, '{kind}', 0, '', '', '', $1, '', NULL, $2 FROM (VALUES {v}) AS v",
+        kind = EntryKind::Expire.as_str(),
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(REASON)
+        .bind(created_at);
+    for (l, e) in part.iter().zip(rows) {
+        q = q
+            .bind(l.entry_id.clone())
+            .bind(l.program_id.clone())
+            .bind(e.lane)
+            .bind(e.seq)
+            .bind(l.member_id.clone())
+            .bind(e.points)
+            .bind(-l.available)
+            .bind(-l.pending)
+            .bind(e.prev_hash.clone())
+            .bind(e.hash.clone());
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+async fn move_balances(tx: &mut Tx, part: &[Loss]) -> Result<(), ServiceError> {
+    let v = values(
+        part.len(),
+        4,
+        1,
+        &[None, None, Some("BIGINT"), Some("BIGINT")],
+    );
+    let sql = format!(
+        "WITH m (program_id, member_id, available, pending) AS (VALUES {v}) \
+         UPDATE balances SET available = balances.available - m.available, \
+         pending = balances.pending - m.pending \
+         FROM m WHERE balances.program_id = m.program_id AND balances.member_id = m.member_id"
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for l in part {
+        q = q
+            .bind(l.program_id.clone())
+            .bind(l.member_id.clone())
+            .bind(l.available)
+            .bind(l.pending);
+    }
+    let moved = q.execute(&mut **tx).await?.rows_affected();
+    if moved != part.len() as u64 {
+        return Err(ServiceError::internal(format!(
+            "expiry found {} balances for {} members",
+            moved,
+            part.len()
+        )));
+    }
+    Ok(())
 }

@@ -3,7 +3,6 @@
 //! balances keep equalling their ledger. Idempotent: a released lot is no
 //! longer pending, so a rerun or a resumed run finds nothing twice.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use loyalty_common::ServiceError;
@@ -11,41 +10,52 @@ use loyalty_common::db::Tx;
 use loyalty_common::jobs::{ChunkOutcome, Job, RunState};
 use loyalty_common::runtime::ServiceRuntime;
 
+use super::Scope;
 use crate::store::ledger::{self, Cause, Deltas, EntryKind};
+use crate::store::ledger_lanes::lock_lanes;
 
 /// Lots released per chunk (one transaction).
 const CHUNK: i64 = 2_000;
 
-/// The pending-release job.
+/// The pending-release job, over every program (scheduled) or one
+/// (triggered by that program's admin).
 pub(crate) struct PendingRelease {
     rt: Arc<ServiceRuntime>,
+    scope: Scope,
 }
 
 impl PendingRelease {
     pub(crate) const NAME: &'static str = "rewards.pending_release";
 
-    pub(crate) fn new(rt: Arc<ServiceRuntime>) -> Self {
-        Self { rt }
+    pub(crate) fn new(rt: Arc<ServiceRuntime>, scope: Scope) -> Self {
+        let scope = scope.named(Self::NAME);
+        Self { rt, scope }
     }
 }
 
 #[async_trait::async_trait]
 impl Job for PendingRelease {
     fn name(&self) -> &str {
-        Self::NAME
+        self.scope.job_name()
     }
 
     async fn run_chunk(&self, tx: &mut Tx, _run: &RunState) -> Result<ChunkOutcome, ServiceError> {
         let now = self.rt.clock.now().timestamp_micros();
-        let due_sql = "SELECT lot_id, program_id, member_id FROM lots WHERE released = 0 \
-                       AND pending_until <= $1 ORDER BY pending_until, lot_id LIMIT $2";
-        let due: Vec<(String, String, String)> = sqlx::query_as(due_sql)
-            .bind(now)
-            .bind(CHUNK)
+        let due_sql = format!(
+            "SELECT lot_id, program_id, member_id FROM lots WHERE released = 0 \
+             AND pending_until <= $1 {} ORDER BY pending_until, lot_id LIMIT $2",
+            self.scope.filter("$3")
+        );
+        let due: Vec<(String, String, String)> = self
+            .scope
+            .bind(
+                sqlx::query_as(sqlx::AssertSqlSafe(due_sql))
+                    .bind(now)
+                    .bind(CHUNK),
+            )
             .fetch_all(&mut **tx)
             .await?;
-        let programs: BTreeSet<String> = due.iter().map(|d| d.1.clone()).collect();
-        let mut heads = super::lock_heads(tx, &programs).await?;
+        let mut lanes = lock_lanes(tx, due.iter().map(|d| (d.1.as_str(), d.2.as_str()))).await?;
         let mut released = 0u64;
         for (lot_id, program_id, member_id) in &due {
             // read again under the program's lock: a refund may have taken
@@ -58,7 +68,7 @@ impl Job for PendingRelease {
             let Some((remaining, 0)) = current else {
                 continue;
             };
-            let Some(head) = heads.get_mut(program_id) else {
+            let Some(head) = lanes.head_of(program_id, member_id) else {
                 continue;
             };
             let available = ledger::balance_row(tx, program_id, member_id)

@@ -6,12 +6,14 @@
 //! outbox, all in the caller's transaction; callers commit and then call
 //! `rt.outbox.notify()`.
 //!
-//! Concurrency: every posting first locks its program's chain head (one
-//! row), then touches balance rows. The head lock orders all writers of a
-//! program, so balance updates never deadlock and the chain has no gaps; a
-//! debit is in addition a conditional update (`available >= points`), so a
-//! balance can never be overdrawn whatever the isolation. On SQLite writers
-//! are serialised by the database anyway.
+//! Concurrency: every posting first locks the chain head of its member's
+//! lane (one row, see [`super::ledger_lanes`]), then touches the member's
+//! balance and lots. The lane lock orders all writers of a member, so its
+//! chain has no gaps and its balance updates never deadlock; a transaction
+//! posting for members of several lanes locks those lanes first, in
+//! ascending order. A debit is in addition a conditional update
+//! (`available >= points`), so a balance can never be overdrawn whatever
+//! the isolation. On SQLite writers are serialised by the database anyway.
 
 use chrono::{DateTime, Utc};
 use loyalty_common::ServiceError;
@@ -19,12 +21,12 @@ use loyalty_common::db::{Tx, now_micros};
 use loyalty_common::events::{new_envelope, outbox};
 use loyalty_proto::common::ErrorReason;
 use loyalty_proto::events::event_envelope::Payload;
-use loyalty_proto::events::{PointsEarned, PointsRedeemed};
+use loyalty_proto::events::{EventEnvelope, PointsEarned, PointsRedeemed};
 
 pub(crate) use crate::domain::expiry::LotTerms;
+use crate::domain::ledger::ChainedEntry;
 #[allow(unused_imports)] // RuleRef: part of the ledger API for other modules
 pub(crate) use crate::domain::ledger::{Cause, EntryKind, Posting, RuleRef};
-use crate::domain::ledger::{ChainedEntry, GENESIS_HASH};
 
 /// The producer name on every event of this service.
 pub(crate) const PRODUCER: &str = "rewards";
@@ -87,31 +89,13 @@ fn check_positive(points: i64) -> Result<(), ServiceError> {
     }
 }
 
-/// The program's chain head, locked for the rest of the transaction.
-#[derive(Debug)]
-pub(crate) struct Head {
-    program_id: String,
-    seq: i64,
-    hash: String,
-}
+pub(crate) use super::ledger_lanes::{Head, lock_lane};
 
-/// Locks the program's chain head (creating it on first use). Every ledger
-/// write takes this lock first.
-pub(crate) async fn lock_head(tx: &mut Tx, program_id: &str) -> Result<Head, ServiceError> {
-    // one statement: creates the head on first use, else locks its row
-    let (seq, hash): (i64, String) = sqlx::query_as(
-        "INSERT INTO ledger_heads (program_id, seq, hash) VALUES ($1, 0, $2) \
-         ON CONFLICT (program_id) DO UPDATE SET seq = ledger_heads.seq RETURNING seq, hash",
-    )
-    .bind(program_id)
-    .bind(GENESIS_HASH)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(Head {
-        program_id: program_id.to_owned(),
-        seq,
-        hash,
-    })
+/// Whether `tx` runs on PostgreSQL (some writes take one statement there
+/// and two on SQLite, which has no data-modifying CTEs).
+pub(crate) fn is_postgres(tx: &mut Tx) -> bool {
+    let conn: &mut sqlx::AnyConnection = tx;
+    conn.backend_name().eq_ignore_ascii_case("postgresql")
 }
 
 /// The stored balance row of a member (created at zero on first use).
@@ -183,6 +167,31 @@ pub(crate) async fn apply_deltas(
     Ok(())
 }
 
+/// Moves a member's balance by `deltas`, creating it on first use, and
+/// answers its available points after the move (one statement).
+pub(crate) async fn move_balance(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+    deltas: &Deltas,
+) -> Result<i64, ServiceError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO balances (program_id, member_id, available, pending, lifetime_earned) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (program_id, member_id) DO UPDATE SET \
+         available = balances.available + excluded.available, \
+         pending = balances.pending + excluded.pending, \
+         lifetime_earned = balances.lifetime_earned + excluded.lifetime_earned \
+         RETURNING available",
+    )
+    .bind(program_id)
+    .bind(member_id)
+    .bind(deltas.available)
+    .bind(deltas.pending)
+    .bind(deltas.lifetime)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
 /// Appends an entry to the chain (the head must be locked); the balance is
 /// the caller's business.
 #[allow(clippy::too_many_arguments)]
@@ -218,38 +227,60 @@ pub(crate) async fn chain_entry(
         created_at,
     };
     let hash = chained.hash(&head.hash);
-    sqlx::query(
+    // PostgreSQL: the entry and the head move in one statement
+    let sql = if is_postgres(tx) {
+        "WITH moved AS (UPDATE ledger_heads SET seq = $3, hash = $18 \
+         WHERE program_id = $2 AND lane = $19 RETURNING seq) \
+         INSERT INTO ledger_entries (entry_id, program_id, seq, member_id, kind, points, \
+         available_delta, pending_delta, lifetime_delta, order_id, rules, staff_id, reason, \
+         reference, reverses, created_at, prev_hash, hash, lane) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19 \
+         FROM moved"
+    } else {
         "INSERT INTO ledger_entries (entry_id, program_id, seq, member_id, kind, points, \
          available_delta, pending_delta, lifetime_delta, order_id, rules, staff_id, reason, \
-         reference, reverses, created_at, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-    )
-    .bind(entry_id)
-    .bind(&head.program_id)
-    .bind(seq)
-    .bind(member_id)
-    .bind(kind.as_str())
-    .bind(chained.points)
-    .bind(deltas.available)
-    .bind(deltas.pending)
-    .bind(deltas.lifetime)
-    .bind(chained.order_id)
-    .bind(&rules)
-    .bind(chained.staff_id)
-    .bind(chained.reason)
-    .bind(chained.reference)
-    .bind(reverses)
-    .bind(created_at)
-    .bind(&head.hash)
-    .bind(&hash)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE ledger_heads SET seq = $1, hash = $2 WHERE program_id = $3")
+         reference, reverses, created_at, prev_hash, hash, lane) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+    };
+    let inserted = sqlx::query(sql)
+        .bind(entry_id)
+        .bind(&head.program_id)
+        .bind(seq)
+        .bind(member_id)
+        .bind(kind.as_str())
+        .bind(chained.points)
+        .bind(deltas.available)
+        .bind(deltas.pending)
+        .bind(deltas.lifetime)
+        .bind(chained.order_id)
+        .bind(&rules)
+        .bind(chained.staff_id)
+        .bind(chained.reason)
+        .bind(chained.reference)
+        .bind(reverses)
+        .bind(created_at)
+        .bind(&head.hash)
+        .bind(&hash)
+        .bind(head.lane)
+        .execute(&mut **tx)
+        .await?;
+    if inserted.rows_affected() != 1 {
+        return Err(ServiceError::internal(format!(
+            "ledger lane {} of program {} has no head row",
+            head.lane, head.program_id
+        )));
+    }
+    if !is_postgres(tx) {
+        sqlx::query(
+            "UPDATE ledger_heads SET seq = $1, hash = $2 WHERE program_id = $3 AND lane = $4",
+        )
         .bind(seq)
         .bind(&hash)
         .bind(&head.program_id)
+        .bind(head.lane)
         .execute(&mut **tx)
         .await?;
+    }
     head.seq = seq;
     head.hash = hash;
     Ok(())
@@ -313,16 +344,36 @@ pub(crate) async fn credit_lots(
     posting: &Posting,
     parts: &[(i64, LotTerms)],
 ) -> Result<EntryId, ServiceError> {
+    let mut head = lock_lane(tx, &posting.program_id, &posting.member_id).await?;
+    credit_in_lane(tx, &mut head, posting, parts).await
+}
+
+/// [`credit_lots`] with the member's lane already locked (`head`).
+pub(crate) async fn credit_in_lane(
+    tx: &mut Tx,
+    head: &mut Head,
+    posting: &Posting,
+    parts: &[(i64, LotTerms)],
+) -> Result<EntryId, ServiceError> {
+    let (entry, event) = credit_unannounced(tx, head, posting, parts).await?;
+    outbox::append(tx, &event).await?;
+    Ok(entry)
+}
+
+/// [`credit_in_lane`] leaving its PointsEarned event to the caller, which
+/// appends it with its own (one outbox statement for both).
+pub(crate) async fn credit_unannounced(
+    tx: &mut Tx,
+    head: &mut Head,
+    posting: &Posting,
+    parts: &[(i64, LotTerms)],
+) -> Result<(EntryId, EventEnvelope), ServiceError> {
     check_positive(posting.points)?;
     if parts.iter().map(|p| p.0).sum::<i64>() != posting.points || parts.iter().any(|p| p.0 <= 0) {
         return Err(ServiceError::internal(
             "credit parts do not add up to the posting",
         ));
     }
-    let mut head = lock_head(tx, &posting.program_id).await?;
-    let mut available = balance_row(tx, &posting.program_id, &posting.member_id)
-        .await?
-        .available;
     let entry_id = new_id();
     let mut deltas = Deltas {
         lifetime: if posting.kind.counts_as_earned() {
@@ -333,20 +384,29 @@ pub(crate) async fn credit_lots(
         ..Deltas::default()
     };
     for (points, terms) in parts {
-        let remaining = if terms.pending_until.is_some() {
+        if terms.pending_until.is_some() {
             deltas.pending += points;
-            *points
         } else {
             deltas.available += points;
+        }
+    }
+    // the balance moves first (one statement), its answer says how much
+    // debt the credit pays before its lots hold anything
+    let mut available = move_balance(tx, &posting.program_id, &posting.member_id, &deltas).await?
+        - deltas.available;
+    for (points, terms) in parts {
+        let remaining = if terms.pending_until.is_some() {
+            *points
+        } else {
             let r = to_lots_after_debt(available, *points);
             available += points;
             r
         };
         insert_lot(tx, posting, &entry_id, *points, remaining, *terms).await?;
     }
-    append_entry(
+    chain_entry(
         tx,
-        &mut head,
+        head,
         &entry_id,
         &posting.member_id,
         posting.kind,
@@ -369,8 +429,7 @@ pub(crate) async fn credit_lots(
             entry_kind: posting.kind.as_str().to_owned(),
         }),
     );
-    outbox::append(tx, &event).await?;
-    Ok(EntryId(entry_id))
+    Ok((EntryId(entry_id), event))
 }
 
 /// A lot that can give points: (lot id, remaining, expires_at micros).
@@ -492,9 +551,18 @@ pub(crate) async fn debit_with_expiry(
     tx: &mut Tx,
     posting: &Posting,
 ) -> Result<(DebitOutcome, Vec<Option<i64>>), ServiceError> {
+    let mut head = lock_lane(tx, &posting.program_id, &posting.member_id).await?;
+    debit_in_lane(tx, &mut head, posting).await
+}
+
+/// [`debit_with_expiry`] with the member's lane already locked (`head`).
+pub(crate) async fn debit_in_lane(
+    tx: &mut Tx,
+    head: &mut Head,
+    posting: &Posting,
+) -> Result<(DebitOutcome, Vec<Option<i64>>), ServiceError> {
     check_positive(posting.points)?;
-    let mut head = lock_head(tx, &posting.program_id).await?;
-    balance_row(tx, &posting.program_id, &posting.member_id).await?;
+    // a member with no balance row yet fails the update like one with 0
     take_available(tx, &posting.program_id, &posting.member_id, posting.points).await?;
     let entry_id = new_id();
     let used = consume_lots(
@@ -508,7 +576,7 @@ pub(crate) async fn debit_with_expiry(
     // the conditional update moved the balance already
     chain_entry(
         tx,
-        &mut head,
+        head,
         &entry_id,
         &posting.member_id,
         posting.kind,
@@ -552,7 +620,6 @@ pub(crate) async fn reverse_debit(
     entry_id: &EntryId,
     reason: &str,
 ) -> Result<EntryId, ServiceError> {
-    let mut head = lock_head(tx, program_id).await?;
     let found: Option<(String, i64, i64)> = sqlx::query_as(
         "SELECT member_id, points, available_delta FROM ledger_entries WHERE program_id = $1 AND entry_id = $2",
     )
@@ -563,6 +630,9 @@ pub(crate) async fn reverse_debit(
     let Some((member_id, points, available_delta)) = found else {
         return Err(ServiceError::not_found("ledger entry", &entry_id.0));
     };
+    // an entry's member never changes: its lane is locked from here on, and
+    // a concurrent reversal of the same entry waits here
+    let mut head = lock_lane(tx, program_id, &member_id).await?;
     if points >= 0 || available_delta != points {
         return Err(ServiceError::precondition(format!(
             "ledger entry {} is not a debit of available points",

@@ -11,7 +11,7 @@ use loyalty_proto::events::event_envelope::Payload;
 use loyalty_proto::loyalty::rewards::v1 as pb;
 use prost::Message;
 
-use super::ledger::{self, Cause, EntryId, EntryKind, PRODUCER, Posting, lock_head};
+use super::ledger::{self, Cause, EntryId, EntryKind, PRODUCER, Posting, lock_lane};
 use super::{ledger_policy, ledger_purchases, rules, rules_member};
 use crate::domain::earning_rules::{Behaviour, BehaviourFacts, evaluate_behaviour, next_streak};
 
@@ -69,7 +69,7 @@ pub(crate) async fn award_behaviour(
     reference: &str,
     now: DateTime<Utc>,
 ) -> Result<pb::RecordActivityResponse, ServiceError> {
-    lock_head(tx, program_id).await?;
+    lock_lane(tx, program_id, member_id).await?;
     if let Some(bytes) = recorded(tx, program_id, member_id, behaviour.as_str(), reference).await? {
         let mut r =
             pb::RecordActivityResponse::decode(bytes.as_slice()).map_err(ServiceError::internal)?;
@@ -144,7 +144,7 @@ pub(crate) async fn check_in(
     member_id: &str,
     now: DateTime<Utc>,
 ) -> Result<pb::CheckInResponse, ServiceError> {
-    lock_head(tx, program_id).await?;
+    lock_lane(tx, program_id, member_id).await?;
     let policy = ledger_policy::load(&mut **tx, program_id).await?;
     let today = policy.tz.local_date(now);
     let state = rules_member::load(tx, program_id, member_id).await?;
@@ -189,7 +189,7 @@ pub(crate) async fn grant_campaign_points(
     points: i64,
     now: DateTime<Utc>,
 ) -> Result<(), ServiceError> {
-    lock_head(tx, program_id).await?;
+    lock_lane(tx, program_id, member_id).await?;
     if recorded(tx, program_id, member_id, "campaign", action_id)
         .await?
         .is_some()

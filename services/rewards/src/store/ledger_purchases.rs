@@ -19,7 +19,7 @@ use loyalty_proto::loyalty::rewards::v1 as pb;
 use prost::Message;
 
 use super::ledger::{
-    self, Cause, Deltas, EntryKind, LotTerms, PRODUCER, Posting, balance_row, lock_head,
+    self, Cause, Deltas, EntryKind, LotTerms, PRODUCER, Posting, balance_row, lock_lane,
 };
 use super::{ledger_policy, ledger_queries, rules_cache, rules_member};
 use crate::domain::earning_rules::{Evaluation, Line, PurchaseFacts, evaluate_purchase};
@@ -243,9 +243,11 @@ pub(crate) async fn record_purchase(
     now: DateTime<Utc>,
     emit: bool,
 ) -> Result<pb::RecordPurchaseResponse, ServiceError> {
-    // the chain head orders every writer of the program: a concurrent
-    // duplicate of this order waits here and then sees it recorded
-    lock_head(tx, &input.program_id).await?;
+    // the member's lane head orders every writer of the member: a
+    // concurrent duplicate of this order waits here and then sees it
+    // recorded (a duplicate order id for another member, in another lane,
+    // is caught by the insert below)
+    let mut head = lock_lane(tx, &input.program_id, &input.member_id).await?;
     let existing: Option<(String, Vec<u8>)> = sqlx::query_as(
         "SELECT request_hash, response FROM purchases WHERE program_id = $1 AND order_id = $2",
     )
@@ -270,6 +272,8 @@ pub(crate) async fn record_purchase(
     let eval = evaluate_for(tx, &program, input, &member).await?;
     let policy = &program.policy;
     let terms = policy.purchase_lot(input.purchased_at, now);
+    // PointsEarned and PurchaseCompleted go to the outbox in one statement
+    let mut events = Vec::with_capacity(2);
     let entry_id = if eval.total > 0 {
         let posting = Posting {
             program_id: input.program_id.clone(),
@@ -282,7 +286,10 @@ pub(crate) async fn record_purchase(
                 ..Cause::default()
             },
         };
-        ledger::credit(tx, &posting, terms).await?.0
+        let (entry, event) =
+            ledger::credit_unannounced(tx, &mut head, &posting, &[(posting.points, terms)]).await?;
+        events.push(event);
+        entry.0
     } else {
         String::new()
     };
@@ -304,38 +311,23 @@ pub(crate) async fn record_purchase(
         applications: applications_to_proto(&eval),
         lines: lines_to_proto(&eval),
     };
-    sqlx::query(
-        "INSERT INTO purchases (program_id, order_id, member_id, request_hash, response, amount_minor, \
-         points, entry_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    let recorded = insert_purchase(
+        tx,
+        input,
+        &response,
+        &eval,
+        &local_date.format("%Y-%m-%d").to_string(),
     )
-    .bind(&input.program_id)
-    .bind(&input.order_id)
-    .bind(&input.member_id)
-    .bind(&input.fingerprint)
-    .bind(response.encode_to_vec())
-    .bind(input.amount.minor)
-    .bind(eval.total)
-    .bind(&entry_id)
-    .bind(now_micros())
-    .execute(&mut **tx)
     .await?;
-    // all lines in one statement
-    let values = (0..input.lines.len())
-        .map(|i| format!("($1, $2, ${}, ${}, ${})", 3 * i + 3, 3 * i + 4, 3 * i + 5))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "INSERT INTO purchase_lines (program_id, order_id, line_id, amount_minor, points) VALUES {values}"
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(&input.program_id)
-        .bind(&input.order_id);
-    for (line, (_, points)) in input.lines.iter().zip(&eval.lines) {
-        q = q.bind(&line.line_id).bind(line.amount_minor).bind(*points);
+    if !recorded {
+        // the same order id was just recorded for another member
+        return Err(ServiceError::precondition(format!(
+            "order {} was already recorded with other parameters",
+            input.order_id
+        )));
     }
-    q.execute(&mut **tx).await?;
     if emit {
-        let event = new_envelope(
+        events.push(new_envelope(
             PRODUCER,
             &input.program_id,
             &input.member_id,
@@ -357,10 +349,83 @@ pub(crate) async fn record_purchase(
                 store_id: input.store_id.clone(),
                 purchased_at: Some(to_timestamp(input.purchased_at)),
             }),
-        );
-        outbox::append(tx, &event).await?;
+        ));
     }
+    outbox::append_all(tx, &events).await?;
     Ok(response)
+}
+
+/// Stores the order and what each line earned: one statement on
+/// PostgreSQL, two on SQLite. False when the order id is taken already.
+async fn insert_purchase(
+    tx: &mut Tx,
+    input: &PurchaseInput,
+    response: &pb::RecordPurchaseResponse,
+    eval: &Evaluation,
+    local_day: &str,
+) -> Result<bool, ServiceError> {
+    let purchase = "INSERT INTO purchases (program_id, order_id, member_id, request_hash, response, \
+         amount_minor, points, entry_id, created_at, local_day) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (program_id, order_id) DO NOTHING";
+    let postgres = ledger::is_postgres(tx);
+    // the lines (a CTE named v) with their parameters from `first` on
+    let lines = |first: usize| {
+        (0..input.lines.len())
+            .map(|i| {
+                let n = 3 * i + first;
+                format!(
+                    "(${n}, CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                    n + 1,
+                    n + 2
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let insert_lines = "INSERT INTO purchase_lines (program_id, order_id, line_id, amount_minor, points) \
+         SELECT $1, $2, v.line_id, v.amount_minor, v.points FROM v";
+    let sql = if postgres {
+        format!(
+            "WITH p AS ({purchase} RETURNING order_id), \
+             v (line_id, amount_minor, points) AS (VALUES {}) {insert_lines} CROSS JOIN p",
+            lines(11)
+        )
+    } else {
+        purchase.to_owned()
+    };
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&input.program_id)
+        .bind(&input.order_id)
+        .bind(&input.member_id)
+        .bind(&input.fingerprint)
+        .bind(response.encode_to_vec())
+        .bind(input.amount.minor)
+        .bind(eval.total)
+        .bind(&response.entry_id)
+        .bind(now_micros())
+        .bind(local_day);
+    if postgres {
+        for (line, (_, points)) in input.lines.iter().zip(&eval.lines) {
+            q = q.bind(&line.line_id).bind(line.amount_minor).bind(*points);
+        }
+        // no line row means no order row: the order id was taken
+        return Ok(q.execute(&mut **tx).await?.rows_affected() > 0);
+    }
+    if q.execute(&mut **tx).await?.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let sql = format!(
+        "WITH v (line_id, amount_minor, points) AS (VALUES {}) {insert_lines}",
+        lines(3)
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&input.program_id)
+        .bind(&input.order_id);
+    for (line, (_, points)) in input.lines.iter().zip(&eval.lines) {
+        q = q.bind(&line.line_id).bind(line.amount_minor).bind(*points);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(true)
 }
 
 /// A refund, validated.
@@ -437,7 +502,19 @@ pub(crate) async fn record_refund(
     now: DateTime<Utc>,
     emit: bool,
 ) -> Result<pb::RecordRefundResponse, ServiceError> {
-    let mut head = lock_head(tx, &input.program_id).await?;
+    // the order's member (never changes) names the lane to lock; the
+    // refund's own replay check comes after the lock
+    let member: Option<String> = sqlx::query_scalar(
+        "SELECT member_id FROM purchases WHERE program_id = $1 AND order_id = $2",
+    )
+    .bind(&input.program_id)
+    .bind(&input.order_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(member_id) = member else {
+        return Err(ServiceError::not_found("order", &input.order_id));
+    };
+    let mut head = lock_lane(tx, &input.program_id, &member_id).await?;
     let existing: Option<(String, Vec<u8>)> = sqlx::query_as(
         "SELECT request_hash, response FROM refunds WHERE program_id = $1 AND order_id = $2 AND refund_id = $3",
     )
@@ -456,16 +533,21 @@ pub(crate) async fn record_refund(
         return pb::RecordRefundResponse::decode(response.as_slice())
             .map_err(ServiceError::internal);
     }
-    let order: Option<(String, String)> = sqlx::query_as(
-        "SELECT member_id, entry_id FROM purchases WHERE program_id = $1 AND order_id = $2",
+    // read under the lock: an earlier refund may have moved it
+    let (earn_entry, local_day, order_points, reversed_before, stored): (
+        String,
+        String,
+        i64,
+        i64,
+        Vec<u8>,
+    ) = sqlx::query_as(
+        "SELECT entry_id, local_day, points, reversed_points, response FROM purchases \
+         WHERE program_id = $1 AND order_id = $2",
     )
     .bind(&input.program_id)
     .bind(&input.order_id)
-    .fetch_optional(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
-    let Some((member_id, earn_entry)) = order else {
-        return Err(ServiceError::not_found("order", &input.order_id));
-    };
     let lines: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT line_id, amount_minor, points, refunded_minor, reversed_points FROM purchase_lines \
          WHERE program_id = $1 AND order_id = $2 ORDER BY line_id",
@@ -591,6 +673,19 @@ pub(crate) async fn record_refund(
         .execute(&mut **tx)
         .await?;
     }
+    release_cap_usage(
+        tx,
+        &input.program_id,
+        &member_id,
+        &local_day,
+        &stored,
+        CapShare {
+            order_points,
+            reversed_before,
+            reversed_now: plan.points,
+        },
+    )
+    .await?;
     sqlx::query(
         "UPDATE purchases SET refunded_minor = refunded_minor + $1, reversed_points = reversed_points + $2 \
          WHERE program_id = $3 AND order_id = $4",
@@ -654,6 +749,65 @@ pub(crate) async fn record_refund(
         outbox::append(tx, &event).await?;
     }
     Ok(response)
+}
+
+/// How much of an order's earning a refund reverses.
+#[derive(Debug, Clone, Copy)]
+struct CapShare {
+    order_points: i64,
+    reversed_before: i64,
+    reversed_now: i64,
+}
+
+/// Gives back the cap usage (per member, rule and local day: `rule_awards`)
+/// that a refunded order consumed, in proportion to the points the refund
+/// reverses, so that a later purchase can earn under those caps again. The
+/// shares are cumulative (what is given back after all refunds of a fully
+/// refunded order is exactly what the order used), so rounding never
+/// drifts. Orders recorded before their local day was stored give nothing
+/// back (their day is unknown).
+async fn release_cap_usage(
+    tx: &mut Tx,
+    program_id: &str,
+    member_id: &str,
+    local_day: &str,
+    stored_response: &[u8],
+    share: CapShare,
+) -> Result<(), ServiceError> {
+    if local_day.is_empty() || share.order_points <= 0 || share.reversed_now <= 0 {
+        return Ok(());
+    }
+    let order =
+        pb::RecordPurchaseResponse::decode(stored_response).map_err(ServiceError::internal)?;
+    let part = |points: i64, reversed: i64| {
+        let p = i128::from(points) * i128::from(reversed.min(share.order_points))
+            / i128::from(share.order_points);
+        i64::try_from(p).unwrap_or(points)
+    };
+    // the same applications record_awards counted: rules, not base or tier
+    for a in order
+        .applications
+        .iter()
+        .filter(|a| a.rule_version > 0 && a.points > 0)
+    {
+        let give = part(a.points, share.reversed_before + share.reversed_now)
+            - part(a.points, share.reversed_before);
+        if give <= 0 {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE rule_awards SET points = CASE WHEN points > $1 THEN points - $1 ELSE 0 END \
+             WHERE program_id = $2 AND member_id = $3 AND rule_id = $4 AND local_day = $5",
+        )
+        .bind(give)
+        .bind(program_id)
+        .bind(member_id)
+        .bind(&a.rule_id)
+        .bind(local_day)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Lot terms of points available at once under the program's policy.

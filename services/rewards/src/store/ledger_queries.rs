@@ -192,26 +192,58 @@ struct ChainRow {
 pub(crate) struct Verification {
     pub entries_checked: i64,
     pub first_break: Option<crate::domain::ledger::ChainBreak>,
+    /// The lane of `first_break`.
+    pub first_break_lane: i64,
     pub mismatches: Vec<(String, String)>,
 }
 
-/// Walks the program's chain from the first entry and checks every
-/// member's balance against its entries and lots.
+/// Walks every lane of the program's chain from its first entry (lanes in
+/// ascending order; the first break found is reported with its lane) and
+/// checks every member's balance against its entries and lots.
 pub(crate) async fn verify(
     db: &loyalty_common::db::Db,
     program_id: &str,
     negative_allowed: Clawback,
 ) -> Result<Verification, ServiceError> {
     let mut out = Verification::default();
+    let lanes = super::ledger_lanes::stored_lane_count(db.pool(), program_id)
+        .await?
+        .unwrap_or(1);
+    for lane in 0..lanes {
+        let (checked, first_break) = verify_lane(db, program_id, lane).await?;
+        out.entries_checked += checked;
+        if first_break.is_some() {
+            out.first_break = first_break;
+            out.first_break_lane = lane;
+            break;
+        }
+    }
+    out.mismatches = balance_mismatches(
+        db,
+        program_id,
+        negative_allowed == Clawback::NegativeBalance,
+    )
+    .await?;
+    Ok(out)
+}
+
+/// Walks one lane's chain: entries checked and the first break.
+async fn verify_lane(
+    db: &loyalty_common::db::Db,
+    program_id: &str,
+    lane: i64,
+) -> Result<(i64, Option<crate::domain::ledger::ChainBreak>), ServiceError> {
+    let mut checked = 0;
     let mut seq = 1;
     let mut prev = GENESIS_HASH.to_owned();
     loop {
         let rows: Vec<ChainRow> = sqlx::query_as(
             "SELECT entry_id, seq, member_id, kind, points, available_delta, pending_delta, lifetime_delta, \
              order_id, rules, staff_id, reason, reference, reverses, created_at, prev_hash, hash \
-             FROM ledger_entries WHERE program_id = $1 AND seq >= $2 ORDER BY seq LIMIT 2000",
+             FROM ledger_entries WHERE program_id = $1 AND lane = $2 AND seq >= $3 ORDER BY seq LIMIT 2000",
         )
         .bind(program_id)
+        .bind(lane)
         .bind(seq)
         .fetch_all(db.pool())
         .await?;
@@ -248,52 +280,49 @@ pub(crate) async fn verify(
             .find(|r| r.points != r.available_delta + r.pending_delta);
         match verify_chain(chained, seq, prev.clone()) {
             Ok((next, hash)) => {
-                out.entries_checked += n as i64;
+                checked += n as i64;
                 seq = next;
                 prev = hash;
             }
             Err(b) => {
-                out.entries_checked += b.seq - seq;
-                out.first_break = Some(b);
-                break;
+                checked += b.seq - seq;
+                return Ok((checked, Some(b)));
             }
         }
         if let Some(r) = bad_points {
-            out.first_break = Some(crate::domain::ledger::ChainBreak {
-                entry_id: r.entry_id.clone(),
-                seq: r.seq,
-                problem: "its points differ from its available and pending changes".into(),
-            });
-            break;
+            return Ok((
+                checked,
+                Some(crate::domain::ledger::ChainBreak {
+                    entry_id: r.entry_id.clone(),
+                    seq: r.seq,
+                    problem: "its points differ from its available and pending changes".into(),
+                }),
+            ));
         }
     }
-    if out.first_break.is_none() {
-        // the head must point at the last entry: a deleted tail shows here
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM ledger_heads WHERE program_id = $1")
-                .bind(program_id)
-                .fetch_optional(db.pool())
-                .await?;
-        if let Some((head_seq, head_hash)) = head
-            && (head_seq != seq - 1 || head_hash != prev)
-        {
-            out.first_break = Some(crate::domain::ledger::ChainBreak {
+    // the head must point at the last entry: a deleted tail shows here
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM ledger_heads WHERE program_id = $1 AND lane = $2")
+            .bind(program_id)
+            .bind(lane)
+            .fetch_optional(db.pool())
+            .await?;
+    if let Some((head_seq, head_hash)) = head
+        && (head_seq != seq - 1 || head_hash != prev)
+    {
+        return Ok((
+            checked,
+            Some(crate::domain::ledger::ChainBreak {
                 entry_id: String::new(),
                 seq,
                 problem: format!(
-                    "the chain ends at sequence {} but its head says {head_seq}: entries were removed",
+                    "lane {lane}: the chain ends at sequence {} but its head says {head_seq}: entries were removed",
                     seq - 1
                 ),
-            });
-        }
+            }),
+        ));
     }
-    out.mismatches = balance_mismatches(
-        db,
-        program_id,
-        negative_allowed == Clawback::NegativeBalance,
-    )
-    .await?;
-    Ok(out)
+    Ok((checked, None))
 }
 
 type SumsRow = (String, i64, i64, i64, i64, i64, i64, i64, i64, i64);

@@ -2,6 +2,7 @@
 
 pub(crate) mod ledger;
 pub(crate) mod ledger_behaviour;
+pub(crate) mod ledger_lanes;
 pub(crate) mod ledger_policy;
 pub(crate) mod ledger_purchases;
 pub(crate) mod ledger_queries;
