@@ -55,6 +55,19 @@ fn posting(
     }
 }
 
+/// Locks the ledger lanes of `members` in the one global order, before a
+/// transaction moves points of more than one member (a referral rewards
+/// both sides): two such transactions then never wait on each other in a
+/// cycle, whatever order they name the members in.
+pub async fn lock_members(
+    tx: &mut Tx,
+    program_id: &str,
+    members: &[&str],
+) -> Result<(), ServiceError> {
+    crate::store::ledger_lanes::lock_lanes(tx, members.iter().map(|m| (program_id, *m))).await?;
+    Ok(())
+}
+
 /// Debits available points; INSUFFICIENT_BALANCE when there are not
 /// enough. Returns the ledger entry id.
 pub async fn debit(
@@ -129,7 +142,7 @@ pub async fn claw_back(
     reference: &str,
     reason: &str,
 ) -> Result<Clawed, ServiceError> {
-    let mut head = ledger::lock_head(tx, program_id).await?;
+    let mut head = ledger::lock_lane(tx, program_id, member_id).await?;
     let policy = ledger_policy::load(&mut **tx, program_id).await?;
     let available = ledger::balance_row(tx, program_id, member_id)
         .await?

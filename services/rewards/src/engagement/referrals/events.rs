@@ -105,6 +105,7 @@ impl ReferralEvents {
             return Ok(());
         }
         let reference = format!("referral:{}", referral.referral_id);
+        points::lock_members(tx, program, &[&referral.referrer_id, &referral.referee_id]).await?;
         if terms.referrer_points > 0 {
             points::credit(
                 tx,
@@ -173,6 +174,7 @@ impl ReferralEvents {
             return Ok(());
         }
         let reference = format!("referral:{}", referral.referral_id);
+        points::lock_members(tx, program, &[&referral.referrer_id, &referral.referee_id]).await?;
         let sides = [
             (&referral.referrer_id, referral.referrer_points),
             (&referral.referee_id, referral.referee_points),
