@@ -333,6 +333,7 @@ impl RewardsService for RewardsApi {
     ) -> Result<Response<pb::GetBalanceResponse>, Status> {
         let p = auth::principal(&request)?;
         let req = request.get_ref();
+        check_id("member_id", &req.member_id)?;
         p.authorize_member(&req.program_id, &req.member_id)?;
         let balance =
             ledger_queries::balance(&self.rt.db, &req.program_id, &req.member_id, self.now())
@@ -349,6 +350,7 @@ impl RewardsService for RewardsApi {
     ) -> Result<Response<pb::ListLedgerEntriesResponse>, Status> {
         let p = auth::principal(&request)?;
         let req = request.get_ref();
+        check_id("member_id", &req.member_id)?;
         p.authorize_member(&req.program_id, &req.member_id)?;
         let fingerprint = format!("entries/{}/{}", req.program_id, req.member_id);
         let page = page(req.page.as_ref(), &fingerprint)?;

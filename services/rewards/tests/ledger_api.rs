@@ -563,6 +563,19 @@ async fn transfers_move_points_with_their_expiry_and_members_only_touch_their_ow
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+    // reads name the member: no empty or oversized id reads as a zero balance
+    for member_id in [String::new(), "m".repeat(129)] {
+        let err = r
+            .client()
+            .get_balance(r.as_staff(pb::GetBalanceRequest {
+                program_id: PROGRAM.into(),
+                member_id,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(bad_field(&err), "member_id");
+    }
     // adjustments need a reason and a staff role
     let err = r
         .client()
