@@ -214,7 +214,7 @@ pub fn parse_tier_rules(p: &pb::Program, v: &mut Violations) -> Option<TierRules
         _ => {
             v.add(
                 "program.qualifying_metric",
-                "is required (SPEND, POINTS or ORDER_COUNT)",
+                "is required (QUALIFYING_METRIC_SPEND, _POINTS or _ORDER_COUNT)",
             );
             None
         }

@@ -142,7 +142,7 @@ impl PointsPolicy {
             (Ok(pb::ExpiryMode::Unspecified) | Err(_), _) => {
                 v.add(
                     "policy.expiry_mode",
-                    "is required (NEVER, MONTHS_AFTER_EARNING, END_OF_MONTH, END_OF_YEAR)",
+                    "is required (EXPIRY_MODE_NEVER, _MONTHS_AFTER_EARNING, _END_OF_MONTH or _END_OF_YEAR)",
                 );
                 None
             }
@@ -160,7 +160,7 @@ impl PointsPolicy {
             _ => {
                 v.add(
                     "policy.clawback_policy",
-                    "is required (WRITE_OFF or NEGATIVE_BALANCE)",
+                    "is required (CLAWBACK_POLICY_WRITE_OFF or _NEGATIVE_BALANCE)",
                 );
                 None
             }
@@ -172,7 +172,7 @@ impl PointsPolicy {
             _ => {
                 v.add(
                     "policy.rounding_mode",
-                    "is required (FLOOR, HALF_UP or CEIL)",
+                    "is required (ROUNDING_MODE_FLOOR, _HALF_UP or _CEIL)",
                 );
                 None
             }

@@ -124,13 +124,12 @@ pub(crate) fn purchase_input(
             amount_minor: amount.minor,
         });
     }
+    // The request as sent: a retry of an order sent without its time must
+    // match, although "now" has moved on since the first attempt.
     let fingerprint = loyalty_common::idempotency::fingerprint(&pb::RecordPurchaseRequest {
         program_id: program_id.to_owned(),
         member_id: member_id.to_owned(),
-        purchase: Some(pb::Purchase {
-            purchased_at: Some(to_timestamp(purchased_at)),
-            ..p.clone()
-        }),
+        purchase: Some(p.clone()),
     });
     Ok(PurchaseInput {
         program_id: program_id.to_owned(),

@@ -137,7 +137,7 @@ fn behaviour_kind(v: &mut Violations, b: &pb::BehaviourRule) -> Option<RuleKind>
     if behaviour.is_none() {
         v.add(
             "rule.behaviour.behaviour",
-            "is required (CHECK_IN, REVIEW_SUBMITTED, SURVEY_COMPLETED, REFERRAL_QUALIFIED, BIRTHDAY, PROFILE_COMPLETED)",
+            "is required (BEHAVIOUR_CHECK_IN, _REVIEW_SUBMITTED, _SURVEY_COMPLETED, _REFERRAL_QUALIFIED, _BIRTHDAY or _PROFILE_COMPLETED)",
         );
     }
     in_range(v, "rule.behaviour.points", b.points, 0, MAX_POINTS);
@@ -224,7 +224,7 @@ pub fn rule_from_proto(r: &pb::EarningRule) -> Result<Rule, ServiceError> {
         match period {
             None => v.add(
                 format!("{f}.period"),
-                "is required (DAY, MONTH or RULE_LIFETIME)",
+                "is required (CAP_PERIOD_DAY, _MONTH or _RULE_LIFETIME)",
             ),
             Some(p) if !periods.insert(p) => v.add(format!("{f}.period"), "is given twice"),
             Some(p) => caps.push(Cap {
