@@ -44,7 +44,8 @@ pub async fn serve(
 ) -> Result<(SocketAddr, JoinHandle<Result<(), tonic::transport::Error>>), BenchError> {
     let listener = TcpListener::bind(addr).await.map_err(BenchError::Serve)?;
     let local = listener.local_addr().map_err(BenchError::Serve)?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // the same socket options as the services' server (crates/common)
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = Server::builder()
         .add_service(HelloServiceServer::new(Hello))
         .serve_with_incoming(incoming);
