@@ -421,6 +421,13 @@ pub async fn bind(
         .local_addr()
         .map_err(|source| GatewayError::Bind { addr, source })?;
     let app = router(gateway);
+    // as on the services' listener: without TCP_NODELAY a response waits on
+    // the client's delayed ACK (a ~40 ms tail)
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on a gateway connection");
+        }
+    });
     let serve = async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.wait().await })
