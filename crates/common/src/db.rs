@@ -338,6 +338,60 @@ pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
+/// The engine a transaction runs on.
+pub fn engine_of(tx: &mut Tx) -> Engine {
+    let conn: &mut sqlx::AnyConnection = tx;
+    if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+        Engine::Postgres
+    } else {
+        Engine::Sqlite
+    }
+}
+
+/// The SQL type of a column of [`json_rows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonType {
+    Text,
+    BigInt,
+}
+
+/// A FROM item (aliased `alias`) reading rows that are bound as ONE
+/// parameter `$param`: a JSON array of objects with the given columns
+/// (null for SQL NULL). A set-based write then binds one value however many
+/// rows it writes, so its SQL and its prepared statement stay the same for
+/// every batch size.
+pub fn json_rows(
+    engine: Engine,
+    param: usize,
+    alias: &str,
+    columns: &[(&str, JsonType)],
+) -> String {
+    match engine {
+        Engine::Postgres => {
+            let cols = columns
+                .iter()
+                .map(|(name, ty)| match ty {
+                    JsonType::Text => format!("{name} text"),
+                    JsonType::BigInt => format!("{name} bigint"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("jsonb_to_recordset(CAST(${param} AS jsonb)) AS {alias}({cols})")
+        }
+        Engine::Sqlite => {
+            let cols = columns
+                .iter()
+                .map(|(name, ty)| match ty {
+                    JsonType::Text => format!("CAST(value ->> '{name}' AS TEXT) AS {name}"),
+                    JsonType::BigInt => format!("CAST(value ->> '{name}' AS INTEGER) AS {name}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("(SELECT {cols} FROM json_each(${param})) AS {alias}")
+        }
+    }
+}
+
 /// True when the error is a unique-constraint violation (both engines).
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     match err {

@@ -49,6 +49,16 @@
 //! [`GroupCommitter::run_idempotent`] adds an idempotency key claimed in
 //! the item, the way most platform writes need it.
 //!
+//! - **Bulk work.** [`GroupCommitter::run_bulk_on`] queues an input for a
+//!   [`BulkWork`]: in the fast path, consecutive items of the same bulk
+//!   work run in ONE call that writes them all with set-based statements
+//!   (a few statements per batch instead of several per item). The work
+//!   answers one result per input and writes nothing for an input it
+//!   refuses, so a refusal is that input's answer and the others commit.
+//!   If the call fails as a whole, the batch goes to savepoint mode as
+//!   above, where each item runs alone (the work called with one input)
+//!   and finds its own answer.
+//!
 //! Work runs in the batch's transaction and must not call `db.begin()`
 //! itself (on SQLite that waits for the writer it is running on), nor
 //! change the transaction (no COMMIT, no isolation level).
@@ -58,6 +68,7 @@
 //! and the rest are replayed one by one behind it, whereas items here are
 //! independent requests.
 
+use std::any::Any;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
@@ -76,6 +87,29 @@ use tokio::task::JoinHandle;
 use crate::ServiceError;
 use crate::db::{Db, Engine, Tx};
 use crate::idempotency::{self, Claim, WorkFuture};
+
+/// Work that records many queued inputs in one call, answering one result
+/// per input in input order. An input it refuses (`Err` in its place) must
+/// have written nothing. `Err` of the whole: the transaction failed, or
+/// the inputs cannot be told apart together (each then runs alone). See
+/// [`GroupCommitter::run_bulk_on`].
+pub type BulkWork<I, T> = Arc<
+    dyn for<'t> Fn(&'t mut Tx, &'t [I]) -> WorkFuture<'t, Vec<Result<T, ServiceError>>>
+        + Send
+        + Sync,
+>;
+
+/// Makes a [`BulkWork`] of a closure (which then gets the right signature):
+/// `bulk_work(move |tx, inputs| Box::pin(async move { … }))`.
+pub fn bulk_work<I, T, F>(work: F) -> BulkWork<I, T>
+where
+    F: for<'t> Fn(&'t mut Tx, &'t [I]) -> WorkFuture<'t, Vec<Result<T, ServiceError>>>
+        + Send
+        + Sync
+        + 'static,
+{
+    Arc::new(work)
+}
 
 /// Attempts of one batch before its callers get `Unavailable`.
 pub const MAX_ATTEMPTS: u32 = 4;
@@ -208,6 +242,32 @@ impl GroupCommitter {
         self.enqueue(writer, work).await
     }
 
+    /// Queues `input` for `work` on the writer `slot % writers` and returns
+    /// its result once its batch has committed. Consecutive queued inputs
+    /// of the same `work` (the same `Arc`) run in one call; see the module
+    /// docs. `work` may run more than once (retries, savepoint mode) and
+    /// must write nothing for an input it refuses.
+    pub async fn run_bulk_on<I, T>(
+        &self,
+        slot: u64,
+        work: &BulkWork<I, T>,
+        input: I,
+    ) -> Result<T, ServiceError>
+    where
+        I: Clone + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let writer = (slot % self.queues.len() as u64) as usize;
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(BulkJob {
+            input,
+            work: work.clone(),
+            outcome: None,
+            reply,
+        });
+        self.send(writer, job, answer).await
+    }
+
     async fn enqueue<T, F>(&self, writer: usize, work: F) -> Result<T, ServiceError>
     where
         T: Send + 'static,
@@ -219,6 +279,15 @@ impl GroupCommitter {
             outcome: None,
             reply,
         });
+        self.send(writer, job, answer).await
+    }
+
+    async fn send<T>(
+        &self,
+        writer: usize,
+        job: Box<dyn Pending>,
+        answer: oneshot::Receiver<Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
         let queue = &self.queues[writer];
         queue
             .send(job)
@@ -375,6 +444,31 @@ trait Pending: Send {
     fn answer(self: Box<Self>);
     /// Sends `err` instead (the batch could not be committed).
     fn fail(self: Box<Self>, err: ServiceError);
+    /// Items with the same key can run together ([`Pending::attempt_bulk`]).
+    fn bulk_key(&self) -> Option<usize> {
+        None
+    }
+    /// Runs this item and `others` (items of the same bulk key) together.
+    fn attempt_bulk<'t>(
+        &'t mut self,
+        others: &'t mut [Box<dyn Pending>],
+        tx: &'t mut Tx,
+    ) -> Pin<Box<dyn Future<Output = Attempt> + Send + 't>> {
+        Box::pin(async move {
+            let first = self.attempt(tx).await;
+            if !matches!(first, Attempt::Done) {
+                return first;
+            }
+            for job in others {
+                let attempt = job.attempt(tx).await;
+                if !matches!(attempt, Attempt::Done) {
+                    return attempt;
+                }
+            }
+            Attempt::Done
+        })
+    }
+    fn as_any(&mut self) -> &mut dyn Any;
 }
 
 struct Job<T, F> {
@@ -428,6 +522,158 @@ where
 
     fn fail(self: Box<Self>, err: ServiceError) {
         let _ = self.reply.send(Err(err));
+    }
+
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// A queued input of a [`BulkWork`].
+struct BulkJob<I, T> {
+    input: I,
+    work: BulkWork<I, T>,
+    outcome: Option<Result<T, ServiceError>>,
+    reply: oneshot::Sender<Result<T, ServiceError>>,
+}
+
+impl<I, T> BulkJob<I, T>
+where
+    I: Clone + Send + Sync + 'static,
+    T: Send + 'static,
+{
+    /// Runs the work on `inputs`; `None` when it panicked.
+    async fn call(
+        work: &BulkWork<I, T>,
+        tx: &mut Tx,
+        inputs: &[I],
+    ) -> Result<Vec<Result<T, ServiceError>>, ServiceError> {
+        let run = AssertUnwindSafe(work(tx, inputs)).catch_unwind().await;
+        let results = run.unwrap_or_else(|_| Err(ServiceError::internal("bulk work panicked")))?;
+        if results.len() != inputs.len() {
+            return Err(ServiceError::internal(format!(
+                "bulk work answered {} results for {} inputs",
+                results.len(),
+                inputs.len()
+            )));
+        }
+        Ok(results)
+    }
+
+    /// What an item's result makes of the attempt (keeping the result).
+    fn settle(&mut self, result: Result<T, ServiceError>) -> Attempt {
+        match result {
+            Ok(v) => {
+                self.outcome = Some(Ok(v));
+                Attempt::Done
+            }
+            Err(e) => {
+                if let Some(why) = transient(&e) {
+                    self.outcome = None;
+                    Attempt::Transient(why)
+                } else {
+                    self.outcome = Some(Err(e));
+                    Attempt::Refused
+                }
+            }
+        }
+    }
+}
+
+/// The answer kept for the other inputs of a bulk call refused as a whole
+/// (savepoint mode then runs each alone and replaces it).
+fn whole_refusal(e: &ServiceError) -> ServiceError {
+    ServiceError::internal(format!("the batch was refused: {e}"))
+}
+
+impl<I, T> Pending for BulkJob<I, T>
+where
+    I: Clone + Send + Sync + 'static,
+    T: Send + 'static,
+{
+    fn attempt<'t>(
+        &'t mut self,
+        tx: &'t mut Tx,
+    ) -> Pin<Box<dyn Future<Output = Attempt> + Send + 't>> {
+        Box::pin(async move {
+            let inputs = [self.input.clone()];
+            let result = match Self::call(&self.work, tx, &inputs).await {
+                Ok(mut results) => results.remove(0),
+                Err(e) => Err(e),
+            };
+            self.settle(result)
+        })
+    }
+
+    fn refuse(&mut self, err: ServiceError) {
+        self.outcome = Some(Err(err));
+    }
+
+    fn answer(self: Box<Self>) {
+        let outcome = self
+            .outcome
+            .unwrap_or_else(|| Err(ServiceError::internal("group commit item was never run")));
+        let _ = self.reply.send(outcome);
+    }
+
+    fn fail(self: Box<Self>, err: ServiceError) {
+        let _ = self.reply.send(Err(err));
+    }
+
+    fn bulk_key(&self) -> Option<usize> {
+        // the work's allocation: alive while any of its items is queued
+        Some(Arc::as_ptr(&self.work).cast::<()>() as usize)
+    }
+
+    fn attempt_bulk<'t>(
+        &'t mut self,
+        others: &'t mut [Box<dyn Pending>],
+        tx: &'t mut Tx,
+    ) -> Pin<Box<dyn Future<Output = Attempt> + Send + 't>> {
+        Box::pin(async move {
+            let mut inputs = Vec::with_capacity(others.len() + 1);
+            inputs.push(self.input.clone());
+            for other in others.iter_mut() {
+                match other.as_any().downcast_mut::<Self>() {
+                    Some(job) => inputs.push(job.input.clone()),
+                    None => {
+                        return Attempt::Transient("bulk items of different types".into());
+                    }
+                }
+            }
+            let results = match Self::call(&self.work, tx, &inputs).await {
+                Ok(results) => results,
+                Err(e) => {
+                    if let Some(why) = transient(&e) {
+                        return Attempt::Transient(why);
+                    }
+                    // savepoint mode runs each input alone and finds its own answer
+                    for other in others.iter_mut() {
+                        other.refuse(whole_refusal(&e));
+                    }
+                    self.outcome = Some(Err(e));
+                    return Attempt::Refused;
+                }
+            };
+            // an input the work refused wrote nothing: its refusal is its
+            // answer and the others commit without it
+            let mut attempt = Attempt::Done;
+            let jobs = std::iter::once(&mut *self).chain(
+                others
+                    .iter_mut()
+                    .filter_map(|o| o.as_any().downcast_mut::<Self>()),
+            );
+            for (job, result) in jobs.zip(results) {
+                if let a @ Attempt::Transient(_) = job.settle(result) {
+                    attempt = a;
+                }
+            }
+            attempt
+        })
+    }
+
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
     }
 }
 
@@ -563,8 +809,17 @@ async fn run_batch(
 /// item refused or the transaction was aborted behind an Ok.
 async fn run_fast(db: &Db, batch: &mut [Box<dyn Pending>]) -> Result<Option<Tx>, String> {
     let mut tx = db.begin().await.map_err(|e| e.to_string())?;
-    for job in batch.iter_mut() {
-        match job.attempt(&mut tx).await {
+    let mut rest = batch;
+    while let Some(key_len) = rest.first().map(|job| bulk_run(rest, job.bulk_key())) {
+        let (run, after) = std::mem::take(&mut rest).split_at_mut(key_len);
+        rest = after;
+        let (job, others) = run.split_first_mut().expect("a run has an item");
+        let attempt = if others.is_empty() {
+            job.attempt(&mut tx).await
+        } else {
+            job.attempt_bulk(others, &mut tx).await
+        };
+        match attempt {
             Attempt::Done => {}
             // the failure may be the item's own or caused by an earlier
             // item (an aborted transaction): savepoint mode tells them apart
@@ -584,6 +839,15 @@ async fn run_fast(db: &Db, batch: &mut [Box<dyn Pending>]) -> Result<Option<Tx>,
         return Ok(None);
     }
     Ok(Some(tx))
+}
+
+/// Length of the run of items at the start of `batch` that share `key`
+/// (1 for an item of no bulk work).
+fn bulk_run(batch: &[Box<dyn Pending>], key: Option<usize>) -> usize {
+    match key {
+        None => 1,
+        Some(_) => batch.iter().take_while(|j| j.bulk_key() == key).count(),
+    }
 }
 
 /// Every item in its savepoint, one commit.

@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use loyalty_common::ServiceError;
-use loyalty_common::db::{Db, Engine, Tx, is_unique_violation};
-use loyalty_common::group_commit::{GroupCommitSettings, GroupCommitter, MAX_ATTEMPTS};
+use loyalty_common::db::{Db, Engine, JsonType, Tx, engine_of, is_unique_violation, json_rows};
+use loyalty_common::group_commit::{
+    BulkWork, GroupCommitSettings, GroupCommitter, MAX_ATTEMPTS, bulk_work,
+};
 use loyalty_common::testing::{TestDb, TestEngine};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -701,7 +703,148 @@ async fn idempotent_duplicates_in_one_batch_run_once(engine: TestEngine) {
     assert_eq!(v[0].field, "idempotency_key");
 }
 
+/// A bulk work inserting entries with one set-based statement and adding
+/// them to the balance with another; refuses (writing nothing for it) an
+/// input of negative points; fails as a whole when an input named
+/// `whole…` runs with others; logs the size of each call.
+fn bulk_earn(calls: Arc<std::sync::Mutex<Vec<usize>>>) -> BulkWork<(String, i64), String> {
+    bulk_work(move |tx: &mut Tx, inputs: &[(String, i64)]| {
+        let calls = calls.clone();
+        Box::pin(async move {
+            calls.lock().unwrap().push(inputs.len());
+            if inputs.len() > 1 && inputs.iter().any(|(id, _)| id.starts_with("whole")) {
+                return Err(ServiceError::precondition("cannot run together"));
+            }
+            let good: Vec<&(String, i64)> = inputs.iter().filter(|(_, p)| *p >= 0).collect();
+            let rows = json_rows(
+                engine_of(tx),
+                1,
+                "r",
+                &[("id", JsonType::Text), ("points", JsonType::BigInt)],
+            );
+            let json = serde_json::Value::Array(
+                good.iter()
+                    .map(|(id, p)| serde_json::json!({"id": id, "points": p}))
+                    .collect(),
+            );
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO entries (id, member, points) SELECT r.id, 'm', r.points FROM {rows}"
+            )))
+            .bind(json.to_string())
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query("UPDATE balances SET points = points + $1 WHERE member = 'm'")
+                .bind(good.iter().map(|(_, p)| p).sum::<i64>())
+                .execute(&mut **tx)
+                .await?;
+            Ok(inputs
+                .iter()
+                .map(|(id, p)| {
+                    if *p >= 0 {
+                        Ok(id.clone())
+                    } else {
+                        Err(ServiceError::precondition(format!("{id} refused")))
+                    }
+                })
+                .collect())
+        })
+    })
+}
+
+async fn bulk_items_run_together_and_a_refusal_stays_their_own(engine: TestEngine) {
+    let db = setup(engine).await;
+    let gc = Arc::new(GroupCommitter::new(db.db.clone(), one_writer()));
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let work = bulk_earn(calls.clone());
+    // queues `items` behind the held writer, in order; a `None` is a plain
+    // item between them
+    let batch = |items: Vec<Option<(&str, i64)>>| {
+        let (gc, work) = (gc.clone(), work.clone());
+        let items: Vec<Option<(String, i64)>> = items
+            .into_iter()
+            .map(|i| i.map(|(id, p)| (id.to_owned(), p)))
+            .collect();
+        async move {
+            let (release, blocker) = hold_writer(&gc).await;
+            let mut answers = Vec::new();
+            for (n, item) in items.into_iter().enumerate() {
+                let (gc2, work) = (gc.clone(), work.clone());
+                answers.push(tokio::spawn(async move {
+                    match item {
+                        Some(input) => gc2.run_bulk_on(0, &work, input).await,
+                        None => {
+                            gc2.run("plain", |_tx: &mut Tx| {
+                                Box::pin(async { Ok("plain".into()) })
+                            })
+                            .await
+                        }
+                    }
+                }));
+                wait_queued(&gc, n + 1).await;
+            }
+            release.notify_one();
+            blocker.await.unwrap();
+            let mut out = Vec::new();
+            for a in answers {
+                out.push(a.await.unwrap().map_err(|e| e.to_string()));
+            }
+            out
+        }
+    };
+
+    // a clean batch: one call for all five
+    let answers = batch(vec![
+        Some(("a1", 1)),
+        Some(("a2", 2)),
+        Some(("a3", 3)),
+        Some(("a4", 4)),
+        Some(("a5", 5)),
+    ])
+    .await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(*calls.lock().unwrap(), vec![5]);
+    assert_eq!(balance(&db.db).await, 15);
+
+    // a refused input gets its refusal, the others commit in the same call
+    calls.lock().unwrap().clear();
+    let answers = batch(vec![Some(("b1", 10)), Some(("b2", -1)), Some(("b3", 20))]).await;
+    assert_eq!(answers[0], Ok("b1".into()));
+    assert!(answers[1].as_ref().unwrap_err().contains("b2 refused"));
+    assert_eq!(answers[2], Ok("b3".into()));
+    assert_eq!(*calls.lock().unwrap(), vec![3]);
+    assert_eq!(balance(&db.db).await, 45);
+
+    // a call failing as a whole: the batch runs again, each input alone
+    calls.lock().unwrap().clear();
+    let answers = batch(vec![Some(("w1", 1)), Some(("whole", 2)), Some(("w2", -1))]).await;
+    assert_eq!(answers[0], Ok("w1".into()));
+    assert_eq!(answers[1], Ok("whole".into()));
+    assert!(answers[2].as_ref().unwrap_err().contains("w2 refused"));
+    assert_eq!(*calls.lock().unwrap(), vec![3, 1, 1, 1]);
+    assert_eq!(balance(&db.db).await, 48);
+
+    // an item of other work splits the run; order is kept
+    calls.lock().unwrap().clear();
+    let answers = batch(vec![
+        Some(("c1", 1)),
+        Some(("c2", 1)),
+        None,
+        Some(("c3", 1)),
+    ])
+    .await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(*calls.lock().unwrap(), vec![2, 1]);
+    assert_eq!(
+        entries(&db.db).await,
+        [
+            "a1", "a2", "a3", "a4", "a5", "b1", "b3", "c1", "c2", "c3", "w1", "whole"
+        ]
+    );
+    assert_eq!(balance(&db.db).await, 51);
+}
+
 loyalty_common::test_on_both_engines!(
+    bulk_items_run_together_and_a_refusal_stays_their_own,
     answers_come_after_the_commit,
     a_failing_item_rolls_back_only_itself,
     a_unique_violation_does_not_poison_the_batch,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use loyalty_common::ServiceError;
 use loyalty_common::auth::{self, Principal, Role};
 use loyalty_common::calendar::to_timestamp;
-use loyalty_common::group_commit::{GroupCommitSettings, GroupCommitter};
+use loyalty_common::group_commit::{BulkWork, GroupCommitSettings, GroupCommitter, bulk_work};
 use loyalty_common::idempotency::run_idempotent;
 use loyalty_common::jobs::{self, JobRunner};
 use loyalty_common::paging::{self, Page, PageLimits};
@@ -51,7 +51,12 @@ pub(crate) fn register(rt: Arc<ServiceRuntime>, server: &mut GrpcServer) {
             },
         ))
     });
-    server.add_service(RewardsServiceServer::new(RewardsApi { rt, committer }));
+    let purchases = purchase_work(&rt);
+    server.add_service(RewardsServiceServer::new(RewardsApi {
+        rt,
+        committer,
+        purchases,
+    }));
 }
 
 /// Set to `off` to give every RecordPurchase its own transaction.
@@ -64,6 +69,23 @@ struct RewardsApi {
     rt: Arc<ServiceRuntime>,
     /// None when group commit is switched off (one transaction per call).
     committer: Option<Arc<GroupCommitter>>,
+    /// Records the purchases a batch holds together (set-based writes).
+    purchases: BulkWork<Arc<ledger_purchases::PurchaseInput>, pb::RecordPurchaseResponse>,
+}
+
+/// The bulk work of RecordPurchase in group commits: the purchases of a
+/// batch are recorded together, "now" read once for them.
+fn purchase_work(
+    rt: &Arc<ServiceRuntime>,
+) -> BulkWork<Arc<ledger_purchases::PurchaseInput>, pb::RecordPurchaseResponse> {
+    let db = Arc::new(rt.db.url().as_str().to_owned());
+    let clock = rt.clock.clone();
+    bulk_work(move |tx, inputs| {
+        let (db, now) = (db.clone(), clock.now());
+        Box::pin(
+            async move { ledger_purchases::record_purchases(tx, &db, inputs, now, true).await },
+        )
+    })
 }
 
 /// May act on a member's points: the member itself, staff who serve
@@ -245,16 +267,7 @@ impl RewardsService for RewardsApi {
             let lane = ledger_lanes::lane_of(&input.member_id, lanes);
             let slot =
                 (ledger_lanes::member_hash(&input.program_id) as u64).wrapping_add(lane as u64);
-            let db = Arc::new(self.db_key().to_owned());
-            committer
-                .run_on(slot, move |tx| {
-                    let input = input.clone();
-                    let db = db.clone();
-                    Box::pin(async move {
-                        ledger_purchases::record_purchase(tx, &db, &input, now, true).await
-                    })
-                })
-                .await?
+            committer.run_bulk_on(slot, &self.purchases, input).await?
         } else {
             let mut tx = self.rt.db.begin().await.map_err(ServiceError::from)?;
             let response =

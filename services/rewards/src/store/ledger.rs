@@ -17,7 +17,9 @@
 
 use chrono::{DateTime, Utc};
 use loyalty_common::ServiceError;
-use loyalty_common::db::{Tx, now_micros};
+use std::collections::HashMap;
+
+use loyalty_common::db::{Engine, JsonType, Tx, engine_of, json_rows, now_micros};
 use loyalty_common::events::{new_envelope, outbox};
 use loyalty_proto::common::ErrorReason;
 use loyalty_proto::events::event_envelope::Payload;
@@ -90,13 +92,6 @@ fn check_positive(points: i64) -> Result<(), ServiceError> {
 }
 
 pub(crate) use super::ledger_lanes::{Head, lock_lane};
-
-/// Whether `tx` runs on PostgreSQL (some writes take one statement there
-/// and two on SQLite, which has no data-modifying CTEs).
-pub(crate) fn is_postgres(tx: &mut Tx) -> bool {
-    let conn: &mut sqlx::AnyConnection = tx;
-    conn.backend_name().eq_ignore_ascii_case("postgresql")
-}
 
 /// The stored balance row of a member (created at zero on first use).
 pub(crate) async fn balance_row(
@@ -175,21 +170,69 @@ pub(crate) async fn move_balance(
     member_id: &str,
     deltas: &Deltas,
 ) -> Result<i64, ServiceError> {
-    Ok(sqlx::query_scalar(
+    let moved = move_balances(tx, &[(program_id, member_id, deltas)]).await?;
+    moved
+        .get(&(program_id.to_owned(), member_id.to_owned()))
+        .copied()
+        .ok_or_else(|| ServiceError::internal("the balance move answered no row"))
+}
+
+/// [`move_balance`] for several members at once (each at most once), in
+/// one statement; answers each one's available points after the move.
+pub(crate) async fn move_balances(
+    tx: &mut Tx,
+    moves: &[(&str, &str, &Deltas)],
+) -> Result<HashMap<(String, String), i64>, ServiceError> {
+    let rows = json_rows(
+        engine_of(tx),
+        1,
+        "r",
+        &[
+            ("program_id", JsonType::Text),
+            ("member_id", JsonType::Text),
+            ("available", JsonType::BigInt),
+            ("pending", JsonType::BigInt),
+            ("lifetime", JsonType::BigInt),
+        ],
+    );
+    let sql = format!(
         "INSERT INTO balances (program_id, member_id, available, pending, lifetime_earned) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (program_id, member_id) DO UPDATE SET \
+         SELECT r.program_id, r.member_id, r.available, r.pending, r.lifetime FROM {rows} WHERE true \
+         ON CONFLICT (program_id, member_id) DO UPDATE SET \
          available = balances.available + excluded.available, \
          pending = balances.pending + excluded.pending, \
          lifetime_earned = balances.lifetime_earned + excluded.lifetime_earned \
-         RETURNING available",
-    )
-    .bind(program_id)
-    .bind(member_id)
-    .bind(deltas.available)
-    .bind(deltas.pending)
-    .bind(deltas.lifetime)
-    .fetch_one(&mut **tx)
-    .await?)
+         RETURNING program_id, member_id, available"
+    );
+    let json = serde_json::Value::Array(
+        moves
+            .iter()
+            .map(|(program_id, member_id, d)| {
+                serde_json::json!({
+                    "program_id": program_id, "member_id": member_id,
+                    "available": d.available, "pending": d.pending, "lifetime": d.lifetime,
+                })
+            })
+            .collect(),
+    );
+    let moved: Vec<(String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(json.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(moved
+        .into_iter()
+        .map(|(p, m, available)| ((p, m), available))
+        .collect())
+}
+
+/// An entry to append to a lane's chain.
+pub(crate) struct NewEntry<'a> {
+    pub entry_id: &'a str,
+    pub member_id: &'a str,
+    pub kind: EntryKind,
+    pub deltas: &'a Deltas,
+    pub cause: &'a Cause,
+    pub reverses: Option<&'a str>,
 }
 
 /// Appends an entry to the chain (the head must be locked); the balance is
@@ -205,84 +248,165 @@ pub(crate) async fn chain_entry(
     cause: &Cause,
     reverses: Option<&str>,
 ) -> Result<(), ServiceError> {
-    let seq = head.seq + 1;
-    let created_at = now_micros();
-    let rules = cause.rules_text();
-    let chained = ChainedEntry {
-        program_id: &head.program_id,
-        seq,
+    let entry = NewEntry {
         entry_id,
         member_id,
-        kind: kind.as_str(),
-        points: deltas.available + deltas.pending,
-        available_delta: deltas.available,
-        pending_delta: deltas.pending,
-        lifetime_delta: deltas.lifetime,
-        order_id: cause.order_id.as_deref().unwrap_or_default(),
-        rules: &rules,
-        staff_id: cause.staff_id.as_deref().unwrap_or_default(),
-        reason: cause.reason.as_deref().unwrap_or_default(),
-        reference: cause.reference.as_deref().unwrap_or_default(),
-        reverses: reverses.unwrap_or_default(),
-        created_at,
+        kind,
+        deltas,
+        cause,
+        reverses,
     };
-    let hash = chained.hash(&head.hash);
-    // PostgreSQL: the entry and the head move in one statement
-    let sql = if is_postgres(tx) {
-        "WITH moved AS (UPDATE ledger_heads SET seq = $3, hash = $18 \
-         WHERE program_id = $2 AND lane = $19 RETURNING seq) \
-         INSERT INTO ledger_entries (entry_id, program_id, seq, member_id, kind, points, \
+    chain_entries(tx, &mut [head], &[(0, entry)]).await
+}
+
+/// Appends entries to the chains of their lanes, in the order given:
+/// `(index into heads, entry)`, every head locked. One statement on
+/// PostgreSQL (entries and heads move together), two on SQLite, however
+/// many entries.
+pub(crate) async fn chain_entries(
+    tx: &mut Tx,
+    heads: &mut [&mut Head],
+    entries: &[(usize, NewEntry<'_>)],
+) -> Result<(), ServiceError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let created_at = now_micros();
+    let mut rows = Vec::with_capacity(entries.len());
+    let mut moved = vec![false; heads.len()];
+    for (h, e) in entries {
+        let head = &mut *heads[*h];
+        let seq = head.seq + 1;
+        let rules = e.cause.rules_text();
+        let chained = ChainedEntry {
+            program_id: &head.program_id,
+            seq,
+            entry_id: e.entry_id,
+            member_id: e.member_id,
+            kind: e.kind.as_str(),
+            points: e.deltas.available + e.deltas.pending,
+            available_delta: e.deltas.available,
+            pending_delta: e.deltas.pending,
+            lifetime_delta: e.deltas.lifetime,
+            order_id: e.cause.order_id.as_deref().unwrap_or_default(),
+            rules: &rules,
+            staff_id: e.cause.staff_id.as_deref().unwrap_or_default(),
+            reason: e.cause.reason.as_deref().unwrap_or_default(),
+            reference: e.cause.reference.as_deref().unwrap_or_default(),
+            reverses: e.reverses.unwrap_or_default(),
+            created_at,
+        };
+        let hash = chained.hash(&head.hash);
+        rows.push(serde_json::json!({
+            "entry_id": e.entry_id, "program_id": head.program_id, "seq": seq,
+            "member_id": e.member_id, "kind": chained.kind, "points": chained.points,
+            "available_delta": chained.available_delta, "pending_delta": chained.pending_delta,
+            "lifetime_delta": chained.lifetime_delta, "order_id": chained.order_id,
+            "rules": rules, "staff_id": chained.staff_id, "reason": chained.reason,
+            "reference": chained.reference, "reverses": e.reverses,
+            "created_at": created_at, "prev_hash": head.hash, "hash": hash, "lane": head.lane,
+        }));
+        head.seq = seq;
+        head.hash = hash;
+        moved[*h] = true;
+    }
+    let head_rows: Vec<serde_json::Value> = heads
+        .iter()
+        .zip(&moved)
+        .filter(|(_, m)| **m)
+        .map(|(h, _)| {
+            serde_json::json!({
+                "program_id": h.program_id, "lane": h.lane, "seq": h.seq, "hash": h.hash,
+            })
+        })
+        .collect();
+    let engine = engine_of(tx);
+    let text = JsonType::Text;
+    let int = JsonType::BigInt;
+    let entry_rows = json_rows(
+        engine,
+        1,
+        "e",
+        &[
+            ("entry_id", text),
+            ("program_id", text),
+            ("seq", int),
+            ("member_id", text),
+            ("kind", text),
+            ("points", int),
+            ("available_delta", int),
+            ("pending_delta", int),
+            ("lifetime_delta", int),
+            ("order_id", text),
+            ("rules", text),
+            ("staff_id", text),
+            ("reason", text),
+            ("reference", text),
+            ("reverses", text),
+            ("created_at", int),
+            ("prev_hash", text),
+            ("hash", text),
+            ("lane", int),
+        ],
+    );
+    let head_source = json_rows(
+        engine,
+        2,
+        "r",
+        &[
+            ("program_id", text),
+            ("lane", int),
+            ("seq", int),
+            ("hash", text),
+        ],
+    );
+    let update_heads = format!(
+        "UPDATE ledger_heads SET seq = r.seq, hash = r.hash FROM {head_source} \
+         WHERE ledger_heads.program_id = r.program_id AND ledger_heads.lane = r.lane"
+    );
+    let insert = "INSERT INTO ledger_entries (entry_id, program_id, seq, member_id, kind, points, \
          available_delta, pending_delta, lifetime_delta, order_id, rules, staff_id, reason, \
          reference, reverses, created_at, prev_hash, hash, lane) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19 \
-         FROM moved"
-    } else {
-        "INSERT INTO ledger_entries (entry_id, program_id, seq, member_id, kind, points, \
-         available_delta, pending_delta, lifetime_delta, order_id, rules, staff_id, reason, \
-         reference, reverses, created_at, prev_hash, hash, lane) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+         SELECT e.entry_id, e.program_id, e.seq, e.member_id, e.kind, e.points, \
+         e.available_delta, e.pending_delta, e.lifetime_delta, e.order_id, e.rules, e.staff_id, \
+         e.reason, e.reference, e.reverses, e.created_at, e.prev_hash, e.hash, e.lane";
+    let entries_json = serde_json::Value::Array(rows).to_string();
+    let heads_json = serde_json::Value::Array(head_rows).to_string();
+    let heads_moved = moved.iter().filter(|m| **m).count() as i64;
+    let missing_head = || {
+        ServiceError::internal(format!(
+            "a ledger lane of program {} has no head row",
+            heads[0].program_id
+        ))
     };
-    let inserted = sqlx::query(sql)
-        .bind(entry_id)
-        .bind(&head.program_id)
-        .bind(seq)
-        .bind(member_id)
-        .bind(kind.as_str())
-        .bind(chained.points)
-        .bind(deltas.available)
-        .bind(deltas.pending)
-        .bind(deltas.lifetime)
-        .bind(chained.order_id)
-        .bind(&rules)
-        .bind(chained.staff_id)
-        .bind(chained.reason)
-        .bind(chained.reference)
-        .bind(reverses)
-        .bind(created_at)
-        .bind(&head.hash)
-        .bind(&hash)
-        .bind(head.lane)
+    if engine == Engine::Postgres {
+        // the entries are inserted only if every head moved
+        let sql = format!(
+            "WITH moved AS ({update_heads} RETURNING 1) {insert} FROM {entry_rows} \
+             WHERE (SELECT COUNT(*) FROM moved) = $3"
+        );
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(entries_json)
+            .bind(heads_json)
+            .bind(heads_moved)
+            .execute(&mut **tx)
+            .await?;
+        if inserted.rows_affected() != entries.len() as u64 {
+            return Err(missing_head());
+        }
+        return Ok(());
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!("{insert} FROM {entry_rows}")))
+        .bind(entries_json)
         .execute(&mut **tx)
         .await?;
-    if inserted.rows_affected() != 1 {
-        return Err(ServiceError::internal(format!(
-            "ledger lane {} of program {} has no head row",
-            head.lane, head.program_id
-        )));
-    }
-    if !is_postgres(tx) {
-        sqlx::query(
-            "UPDATE ledger_heads SET seq = $1, hash = $2 WHERE program_id = $3 AND lane = $4",
-        )
-        .bind(seq)
-        .bind(&hash)
-        .bind(&head.program_id)
-        .bind(head.lane)
+    let updated = sqlx::query(sqlx::AssertSqlSafe(update_heads.replace("$2", "$1")))
+        .bind(heads_json)
         .execute(&mut **tx)
         .await?;
+    if updated.rows_affected() != heads_moved as u64 {
+        return Err(missing_head());
     }
-    head.seq = seq;
-    head.hash = hash;
     Ok(())
 }
 
@@ -297,32 +421,68 @@ pub(crate) fn to_lots_after_debt(available_before: i64, points: i64) -> i64 {
     (available_before + points).clamp(0, points)
 }
 
-async fn insert_lot(
+/// A lot to insert.
+pub(crate) struct NewLot<'a> {
+    pub program_id: &'a str,
+    pub member_id: &'a str,
+    pub entry_id: &'a str,
+    pub points: i64,
+    pub remaining: i64,
+    pub terms: LotTerms,
+}
+
+/// Inserts lots (one statement however many) and answers their ids.
+pub(crate) async fn insert_lots(
     tx: &mut Tx,
-    posting: &Posting,
-    entry_id: &str,
-    points: i64,
-    remaining: i64,
-    lot: LotTerms,
-) -> Result<String, ServiceError> {
-    let lot_id = new_id();
-    sqlx::query(
+    lots: &[NewLot<'_>],
+) -> Result<Vec<String>, ServiceError> {
+    if lots.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (text, int) = (JsonType::Text, JsonType::BigInt);
+    let rows = json_rows(
+        engine_of(tx),
+        1,
+        "r",
+        &[
+            ("lot_id", text),
+            ("program_id", text),
+            ("member_id", text),
+            ("entry_id", text),
+            ("points", int),
+            ("remaining", int),
+            ("released", int),
+            ("pending_until", int),
+            ("expires_at", int),
+            ("created_at", int),
+        ],
+    );
+    let created_at = now_micros();
+    let ids: Vec<String> = lots.iter().map(|_| new_id()).collect();
+    let json = serde_json::Value::Array(
+        lots.iter()
+            .zip(&ids)
+            .map(|(l, id)| {
+                serde_json::json!({
+                    "lot_id": id, "program_id": l.program_id, "member_id": l.member_id,
+                    "entry_id": l.entry_id, "points": l.points, "remaining": l.remaining,
+                    "released": i64::from(l.terms.pending_until.is_none()),
+                    "pending_until": micros(l.terms.pending_until),
+                    "expires_at": micros(l.terms.expires_at), "created_at": created_at,
+                })
+            })
+            .collect(),
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO lots (lot_id, program_id, member_id, entry_id, points, remaining, released, \
-         pending_until, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(&lot_id)
-    .bind(&posting.program_id)
-    .bind(&posting.member_id)
-    .bind(entry_id)
-    .bind(points)
-    .bind(remaining)
-    .bind(i64::from(lot.pending_until.is_none()))
-    .bind(micros(lot.pending_until))
-    .bind(micros(lot.expires_at))
-    .bind(now_micros())
+         pending_until, expires_at, created_at) SELECT r.lot_id, r.program_id, r.member_id, \
+         r.entry_id, r.points, r.remaining, r.released, r.pending_until, r.expires_at, \
+         r.created_at FROM {rows}"
+    )))
+    .bind(json.to_string())
     .execute(&mut **tx)
     .await?;
-    Ok(lot_id)
+    Ok(ids)
 }
 
 /// Credits `posting.points` as one new lot with `lot` terms: pending when
@@ -360,21 +520,8 @@ pub(crate) async fn credit_in_lane(
     Ok(entry)
 }
 
-/// [`credit_in_lane`] leaving its PointsEarned event to the caller, which
-/// appends it with its own (one outbox statement for both).
-pub(crate) async fn credit_unannounced(
-    tx: &mut Tx,
-    head: &mut Head,
-    posting: &Posting,
-    parts: &[(i64, LotTerms)],
-) -> Result<(EntryId, EventEnvelope), ServiceError> {
-    check_positive(posting.points)?;
-    if parts.iter().map(|p| p.0).sum::<i64>() != posting.points || parts.iter().any(|p| p.0 <= 0) {
-        return Err(ServiceError::internal(
-            "credit parts do not add up to the posting",
-        ));
-    }
-    let entry_id = new_id();
+/// The balance moves of a credit of `parts` (pending or available).
+pub(crate) fn credit_deltas(posting: &Posting, parts: &[(i64, LotTerms)]) -> Deltas {
     let mut deltas = Deltas {
         lifetime: if posting.kind.counts_as_earned() {
             posting.points
@@ -390,20 +537,83 @@ pub(crate) async fn credit_unannounced(
             deltas.available += points;
         }
     }
+    deltas
+}
+
+/// The lots of a credit of `parts`, given the member's available points
+/// before it: available parts pay any debt first.
+pub(crate) fn lots_of_credit<'a>(
+    posting: &'a Posting,
+    entry_id: &'a str,
+    parts: &[(i64, LotTerms)],
+    mut available: i64,
+) -> Vec<NewLot<'a>> {
+    parts
+        .iter()
+        .map(|(points, terms)| {
+            let remaining = if terms.pending_until.is_some() {
+                *points
+            } else {
+                let r = to_lots_after_debt(available, *points);
+                available += points;
+                r
+            };
+            NewLot {
+                program_id: &posting.program_id,
+                member_id: &posting.member_id,
+                entry_id,
+                points: *points,
+                remaining,
+                terms: *terms,
+            }
+        })
+        .collect()
+}
+
+/// The PointsEarned event of a credit.
+pub(crate) fn points_earned(
+    posting: &Posting,
+    entry_id: &str,
+    parts: &[(i64, LotTerms)],
+) -> EventEnvelope {
+    let first = parts.first().map(|p| p.1).unwrap_or_default();
+    new_envelope(
+        PRODUCER,
+        &posting.program_id,
+        &posting.member_id,
+        Payload::PointsEarned(PointsEarned {
+            entry_id: entry_id.to_owned(),
+            points: posting.points,
+            cause: posting.cause.summary(),
+            pending_until: first.pending_until.map(timestamp),
+            expires_at: first.expires_at.map(timestamp),
+            entry_kind: posting.kind.as_str().to_owned(),
+        }),
+    )
+}
+
+/// [`credit_in_lane`] leaving its PointsEarned event to the caller, which
+/// appends it with its own (one outbox statement for both).
+pub(crate) async fn credit_unannounced(
+    tx: &mut Tx,
+    head: &mut Head,
+    posting: &Posting,
+    parts: &[(i64, LotTerms)],
+) -> Result<(EntryId, EventEnvelope), ServiceError> {
+    check_positive(posting.points)?;
+    if parts.iter().map(|p| p.0).sum::<i64>() != posting.points || parts.iter().any(|p| p.0 <= 0) {
+        return Err(ServiceError::internal(
+            "credit parts do not add up to the posting",
+        ));
+    }
+    let entry_id = new_id();
+    let deltas = credit_deltas(posting, parts);
     // the balance moves first (one statement), its answer says how much
     // debt the credit pays before its lots hold anything
-    let mut available = move_balance(tx, &posting.program_id, &posting.member_id, &deltas).await?
+    let available = move_balance(tx, &posting.program_id, &posting.member_id, &deltas).await?
         - deltas.available;
-    for (points, terms) in parts {
-        let remaining = if terms.pending_until.is_some() {
-            *points
-        } else {
-            let r = to_lots_after_debt(available, *points);
-            available += points;
-            r
-        };
-        insert_lot(tx, posting, &entry_id, *points, remaining, *terms).await?;
-    }
+    let lots = lots_of_credit(posting, &entry_id, parts, available);
+    insert_lots(tx, &lots).await?;
     chain_entry(
         tx,
         head,
@@ -415,20 +625,7 @@ pub(crate) async fn credit_unannounced(
         None,
     )
     .await?;
-    let first = parts.first().map(|p| p.1).unwrap_or_default();
-    let event = new_envelope(
-        PRODUCER,
-        &posting.program_id,
-        &posting.member_id,
-        Payload::PointsEarned(PointsEarned {
-            entry_id: entry_id.clone(),
-            points: posting.points,
-            cause: posting.cause.summary(),
-            pending_until: first.pending_until.map(timestamp),
-            expires_at: first.expires_at.map(timestamp),
-            entry_kind: posting.kind.as_str().to_owned(),
-        }),
-    );
+    let event = points_earned(posting, &entry_id, parts);
     Ok((EntryId(entry_id), event))
 }
 

@@ -42,6 +42,10 @@ pub(crate) fn lane_of(member_id: &str, lanes: i64) -> i64 {
 
 /// The program's lane count, fixing it at [`DEFAULT_LANES`] on first use.
 pub(crate) async fn lane_count(tx: &mut Tx, program_id: &str) -> Result<i64, ServiceError> {
+    // fixed once: read first, without a write in the common case
+    if let Some(n) = stored_lane_count(&mut **tx, program_id).await? {
+        return Ok(n);
+    }
     sqlx::query(
         "INSERT INTO ledger_programs (program_id, lanes) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     )
@@ -177,6 +181,18 @@ impl LockedLanes {
     /// The locked heads, in lock order.
     pub(crate) fn heads(&self) -> impl Iterator<Item = &Head> {
         self.heads.values()
+    }
+
+    /// Position of the lane of `member_id` in [`heads_mut`](Self::heads_mut).
+    pub(crate) fn index_of(&self, program_id: &str, member_id: &str) -> Option<usize> {
+        let lanes = *self.counts.get(program_id)?;
+        let key = (program_id.to_owned(), lane_of(member_id, lanes));
+        self.heads.keys().position(|k| *k == key)
+    }
+
+    /// The locked heads, in lock order, to move.
+    pub(crate) fn heads_mut(&mut self) -> Vec<&mut Head> {
+        self.heads.values_mut().collect()
     }
 }
 

@@ -10,17 +10,22 @@
 use chrono::{DateTime, Utc};
 use loyalty_common::ServiceError;
 use loyalty_common::calendar::{from_timestamp_opt, to_timestamp};
-use loyalty_common::db::{Tx, now_micros};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use loyalty_common::db::{Engine, JsonType, Tx, engine_of, json_rows, now_micros};
 use loyalty_common::events::{new_envelope, outbox};
 use loyalty_common::money::Money;
 use loyalty_proto::events as ev;
+use loyalty_proto::events::EventEnvelope;
 use loyalty_proto::events::event_envelope::Payload;
 use loyalty_proto::loyalty::rewards::v1 as pb;
 use prost::Message;
 
 use super::ledger::{
-    self, Cause, Deltas, EntryKind, LotTerms, PRODUCER, Posting, balance_row, lock_lane,
+    self, Cause, Deltas, EntryKind, LotTerms, NewEntry, PRODUCER, Posting, balance_row, lock_lane,
 };
+use super::ledger_lanes::{LockedLanes, lock_lanes};
 use super::{ledger_policy, ledger_queries, rules_cache, rules_member};
 use crate::domain::earning_rules::{Evaluation, Line, PurchaseFacts, evaluate_purchase};
 use crate::domain::expiry::{Clawback, PointsPolicy};
@@ -242,39 +247,127 @@ pub(crate) async fn record_purchase(
     now: DateTime<Utc>,
     emit: bool,
 ) -> Result<pb::RecordPurchaseResponse, ServiceError> {
-    // the member's lane head orders every writer of the member: a
-    // concurrent duplicate of this order waits here and then sees it
+    record_purchases(tx, db, std::slice::from_ref(input), now, emit)
+        .await?
+        .remove(0)
+}
+
+/// [`record_purchase`] of several purchases at once, with set-based
+/// statements: about ten statements for the lot, whatever their number.
+/// Answers each purchase's result in input order; a refused purchase
+/// writes nothing. `Err` of the whole when the database failed or when an
+/// order id was just taken by a concurrent transaction for another member
+/// (the group committer then records the purchases one by one).
+///
+/// Purchases run in rounds of distinct members and distinct orders, in
+/// input order, so that a member's second purchase of the lot (or a
+/// replayed order) sees the first, as it would one after the other.
+pub(crate) async fn record_purchases<P>(
+    tx: &mut Tx,
+    db: &str,
+    inputs: &[P],
+    now: DateTime<Utc>,
+    emit: bool,
+) -> Result<Vec<Result<pb::RecordPurchaseResponse, ServiceError>>, ServiceError>
+where
+    P: std::borrow::Borrow<PurchaseInput>,
+{
+    let mut results: Vec<Option<Result<pb::RecordPurchaseResponse, ServiceError>>> =
+        inputs.iter().map(|_| None).collect();
+    let mut todo: Vec<usize> = (0..inputs.len()).collect();
+    while !todo.is_empty() {
+        let mut members = HashSet::new();
+        let mut orders = HashSet::new();
+        let mut round = Vec::new();
+        let mut later = Vec::new();
+        for i in todo {
+            let p: &PurchaseInput = inputs[i].borrow();
+            let member = (p.program_id.as_str(), p.member_id.as_str());
+            let order = (p.program_id.as_str(), p.order_id.as_str());
+            if members.contains(&member) || orders.contains(&order) {
+                later.push(i);
+            } else {
+                members.insert(member);
+                orders.insert(order);
+                round.push((i, p));
+            }
+        }
+        record_round(tx, db, &round, now, emit, &mut results).await?;
+        todo = later;
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(ServiceError::internal("a purchase was not recorded"))))
+        .collect())
+}
+
+/// A purchase of a round on its way to being recorded.
+struct Earning<'a> {
+    index: usize,
+    input: &'a PurchaseInput,
+    terms: Arc<rules_cache::ProgramTerms>,
+    eval: Evaluation,
+    lot: LotTerms,
+    posting: Option<Posting>,
+    entry_id: String,
+}
+
+/// One round of [`record_purchases`]: purchases of distinct members and
+/// distinct orders.
+async fn record_round(
+    tx: &mut Tx,
+    db: &str,
+    round: &[(usize, &PurchaseInput)],
+    now: DateTime<Utc>,
+    emit: bool,
+    results: &mut [Option<Result<pb::RecordPurchaseResponse, ServiceError>>],
+) -> Result<(), ServiceError> {
+    // the members' lane heads order every writer of those members: a
+    // concurrent duplicate of an order waits here and then sees it
     // recorded (a duplicate order id for another member, in another lane,
     // is caught by the insert below)
-    let mut head = lock_lane(tx, &input.program_id, &input.member_id).await?;
-    let existing: Option<(String, Vec<u8>)> = sqlx::query_as(
-        "SELECT request_hash, response FROM purchases WHERE program_id = $1 AND order_id = $2",
+    let mut lanes = lock_lanes(
+        tx,
+        round
+            .iter()
+            .map(|(_, p)| (p.program_id.as_str(), p.member_id.as_str())),
     )
-    .bind(&input.program_id)
-    .bind(&input.order_id)
-    .fetch_optional(&mut **tx)
     .await?;
-    if let Some((hash, response)) = existing {
-        if hash != input.fingerprint {
-            return Err(ServiceError::precondition(format!(
-                "order {} was already recorded with other parameters",
-                input.order_id
-            )));
+    let recorded = recorded_orders(tx, round).await?;
+    let mut live = Vec::with_capacity(round.len());
+    for &(index, input) in round {
+        if let Some((hash, response)) = recorded.get(&(&*input.program_id, &*input.order_id)) {
+            results[index] = Some(if *hash == input.fingerprint {
+                pb::RecordPurchaseResponse::decode(response.as_slice())
+                    .map_err(ServiceError::internal)
+            } else {
+                Err(already_recorded(&input.order_id))
+            });
+            continue;
         }
-        return pb::RecordPurchaseResponse::decode(response.as_slice())
-            .map_err(ServiceError::internal);
+        let terms = rules_cache::terms(tx, db, &input.program_id).await?;
+        if let Err(e) = check_currency(&terms.policy, input) {
+            results[index] = Some(Err(e));
+            continue;
+        }
+        live.push((index, input, terms));
     }
-    let program = rules_cache::terms(tx, db, &input.program_id).await?;
-    check_currency(&program.policy, input)?;
-    let member =
-        rules_member::count_purchase_returning(tx, &input.program_id, &input.member_id).await?;
-    let eval = evaluate_for(tx, &program, input, &member).await?;
-    let policy = &program.policy;
-    let terms = policy.purchase_lot(input.purchased_at, now);
-    // PointsEarned and PurchaseCompleted go to the outbox in one statement
-    let mut events = Vec::with_capacity(2);
-    let entry_id = if eval.total > 0 {
-        let posting = Posting {
+    if live.is_empty() {
+        return Ok(());
+    }
+    let members: Vec<(&str, &str)> = live
+        .iter()
+        .map(|(_, p, _)| (p.program_id.as_str(), p.member_id.as_str()))
+        .collect();
+    let mut states = rules_member::count_purchases_returning(tx, &members).await?;
+    let mut earnings = Vec::with_capacity(live.len());
+    for (index, input, terms) in live {
+        let member = states
+            .remove(&(input.program_id.clone(), input.member_id.clone()))
+            .ok_or_else(|| ServiceError::internal("the purchase count answered no row"))?;
+        let eval = evaluate_for(tx, &terms, input, &member).await?;
+        let lot = terms.policy.purchase_lot(input.purchased_at, now);
+        let posting = (eval.total > 0).then(|| Posting {
             program_id: input.program_id.clone(),
             member_id: input.member_id.clone(),
             kind: EntryKind::Earn,
@@ -284,147 +377,310 @@ pub(crate) async fn record_purchase(
                 order_id: Some(input.order_id.clone()),
                 ..Cause::default()
             },
+        });
+        let entry_id = if posting.is_some() {
+            ledger::new_id()
+        } else {
+            String::new()
         };
-        let (entry, event) =
-            ledger::credit_unannounced(tx, &mut head, &posting, &[(posting.points, terms)]).await?;
-        events.push(event);
-        entry.0
-    } else {
-        String::new()
-    };
-    let local_date = policy.tz.local_date(input.purchased_at);
-    rules_member::record_awards(
-        tx,
-        &input.program_id,
-        &input.member_id,
-        local_date,
-        &eval.applications,
-    )
-    .await?;
-    let earned = eval.total > 0;
-    let response = pb::RecordPurchaseResponse {
-        entry_id: entry_id.clone(),
-        points: eval.total,
-        pending_until: terms.pending_until.filter(|_| earned).map(to_timestamp),
-        expires_at: terms.expires_at.filter(|_| earned).map(to_timestamp),
-        applications: applications_to_proto(&eval),
-        lines: lines_to_proto(&eval),
-    };
-    let recorded = insert_purchase(
-        tx,
-        input,
-        &response,
-        &eval,
-        &local_date.format("%Y-%m-%d").to_string(),
-    )
-    .await?;
-    if !recorded {
-        // the same order id was just recorded for another member
-        return Err(ServiceError::precondition(format!(
-            "order {} was already recorded with other parameters",
-            input.order_id
-        )));
+        earnings.push(Earning {
+            index,
+            input,
+            terms,
+            eval,
+            lot,
+            posting,
+            entry_id,
+        });
     }
+    let events = credit_earnings(tx, &mut lanes, &earnings).await?;
+    let awards: Vec<_> = earnings
+        .iter()
+        .map(|e| {
+            (
+                e.input.program_id.as_str(),
+                e.input.member_id.as_str(),
+                e.terms.policy.tz.local_date(e.input.purchased_at),
+                e.eval.applications.as_slice(),
+            )
+        })
+        .collect();
+    rules_member::record_awards_of(tx, &awards).await?;
+    let responses: Vec<pb::RecordPurchaseResponse> = earnings.iter().map(response_of).collect();
+    insert_purchases(tx, &earnings, &responses).await?;
+    let mut events = events;
     if emit {
-        events.push(new_envelope(
-            PRODUCER,
-            &input.program_id,
-            &input.member_id,
-            Payload::PurchaseCompleted(ev::PurchaseCompleted {
-                order_id: input.order_id.clone(),
-                amount: Some(input.amount.to_proto()),
-                lines: input
-                    .lines
-                    .iter()
-                    .map(|l| ev::OrderLine {
-                        line_id: l.line_id.clone(),
-                        sku: l.sku.clone(),
-                        category: l.category.clone(),
-                        quantity: 0,
-                        amount: Some(Money::new(l.amount_minor, input.amount.currency).to_proto()),
-                    })
-                    .collect(),
-                channel: input.channel.clone(),
-                store_id: input.store_id.clone(),
-                purchased_at: Some(to_timestamp(input.purchased_at)),
-            }),
-        ));
+        events.extend(earnings.iter().map(|e| purchase_completed(e.input)));
     }
     outbox::append_all(tx, &events).await?;
-    Ok(response)
+    for (e, response) in earnings.iter().zip(responses) {
+        results[e.index] = Some(Ok(response));
+    }
+    Ok(())
 }
 
-/// Stores the order and what each line earned: one statement on
-/// PostgreSQL, two on SQLite. False when the order id is taken already.
-async fn insert_purchase(
+fn already_recorded(order_id: &str) -> ServiceError {
+    ServiceError::precondition(format!(
+        "order {order_id} was already recorded with other parameters"
+    ))
+}
+
+/// Orders of the round already recorded: (request hash, response) by
+/// (program, order id).
+async fn recorded_orders<'a>(
     tx: &mut Tx,
-    input: &PurchaseInput,
-    response: &pb::RecordPurchaseResponse,
-    eval: &Evaluation,
-    local_day: &str,
-) -> Result<bool, ServiceError> {
-    let purchase = "INSERT INTO purchases (program_id, order_id, member_id, request_hash, response, \
-         amount_minor, points, entry_id, created_at, local_day) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (program_id, order_id) DO NOTHING";
-    let postgres = ledger::is_postgres(tx);
-    // the lines (a CTE named v) with their parameters from `first` on
-    let lines = |first: usize| {
-        (0..input.lines.len())
-            .map(|i| {
-                let n = 3 * i + first;
-                format!(
-                    "(${n}, CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
-                    n + 1,
-                    n + 2
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let insert_lines = "INSERT INTO purchase_lines (program_id, order_id, line_id, amount_minor, points) \
-         SELECT $1, $2, v.line_id, v.amount_minor, v.points FROM v";
-    let sql = if postgres {
-        format!(
-            "WITH p AS ({purchase} RETURNING order_id), \
-             v (line_id, amount_minor, points) AS (VALUES {}) {insert_lines} CROSS JOIN p",
-            lines(11)
-        )
-    } else {
-        purchase.to_owned()
-    };
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(&input.program_id)
-        .bind(&input.order_id)
-        .bind(&input.member_id)
-        .bind(&input.fingerprint)
-        .bind(response.encode_to_vec())
-        .bind(input.amount.minor)
-        .bind(eval.total)
-        .bind(&response.entry_id)
-        .bind(now_micros())
-        .bind(local_day);
-    if postgres {
-        for (line, (_, points)) in input.lines.iter().zip(&eval.lines) {
-            q = q.bind(&line.line_id).bind(line.amount_minor).bind(*points);
-        }
-        // no line row means no order row: the order id was taken
-        return Ok(q.execute(&mut **tx).await?.rows_affected() > 0);
-    }
-    if q.execute(&mut **tx).await?.rows_affected() == 0 {
-        return Ok(false);
-    }
-    let sql = format!(
-        "WITH v (line_id, amount_minor, points) AS (VALUES {}) {insert_lines}",
-        lines(3)
+    round: &[(usize, &'a PurchaseInput)],
+) -> Result<HashMap<(&'a str, &'a str), (String, Vec<u8>)>, ServiceError> {
+    let rows = json_rows(
+        engine_of(tx),
+        1,
+        "r",
+        &[("program_id", JsonType::Text), ("order_id", JsonType::Text)],
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(&input.program_id)
-        .bind(&input.order_id);
-    for (line, (_, points)) in input.lines.iter().zip(&eval.lines) {
-        q = q.bind(&line.line_id).bind(line.amount_minor).bind(*points);
+    let json = serde_json::Value::Array(
+        round
+            .iter()
+            .map(|(_, p)| serde_json::json!({"program_id": p.program_id, "order_id": p.order_id}))
+            .collect(),
+    );
+    let found: Vec<(String, String, String, Vec<u8>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT p.program_id, p.order_id, p.request_hash, p.response FROM purchases p \
+             JOIN {rows} ON p.program_id = r.program_id AND p.order_id = r.order_id"
+        )))
+        .bind(json.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut recorded = HashMap::new();
+    for (program_id, order_id, hash, response) in found {
+        if let Some((_, p)) = round
+            .iter()
+            .find(|(_, p)| p.program_id == program_id && p.order_id == order_id)
+        {
+            recorded.insert(
+                (p.program_id.as_str(), p.order_id.as_str()),
+                (hash, response),
+            );
+        }
     }
-    q.execute(&mut **tx).await?;
-    Ok(true)
+    Ok(recorded)
+}
+
+/// Credits what the round earned: balances, lots and chained entries in
+/// one statement each. Answers the PointsEarned events.
+async fn credit_earnings(
+    tx: &mut Tx,
+    lanes: &mut LockedLanes,
+    earnings: &[Earning<'_>],
+) -> Result<Vec<EventEnvelope>, ServiceError> {
+    // (purchase, its posting, its one lot)
+    type Credit<'e, 'a> = (&'e Earning<'a>, &'e Posting, [(i64, LotTerms); 1]);
+    let credits: Vec<Credit> = earnings
+        .iter()
+        .filter_map(|e| e.posting.as_ref().map(|p| (e, p, [(p.points, e.lot)])))
+        .collect();
+    if credits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let deltas: Vec<Deltas> = credits
+        .iter()
+        .map(|(_, p, parts)| ledger::credit_deltas(p, parts))
+        .collect();
+    let moves: Vec<(&str, &str, &Deltas)> = credits
+        .iter()
+        .zip(&deltas)
+        .map(|((_, p, _), d)| (p.program_id.as_str(), p.member_id.as_str(), d))
+        .collect();
+    // the balances move first, their answers say how much debt each credit
+    // pays before its lot holds anything
+    let available = ledger::move_balances(tx, &moves).await?;
+    let mut lots = Vec::with_capacity(credits.len());
+    for ((e, p, parts), d) in credits.iter().zip(&deltas) {
+        let after = available
+            .get(&(p.program_id.clone(), p.member_id.clone()))
+            .copied()
+            .ok_or_else(|| ServiceError::internal("the balance move answered no row"))?;
+        lots.extend(ledger::lots_of_credit(
+            p,
+            &e.entry_id,
+            parts,
+            after - d.available,
+        ));
+    }
+    ledger::insert_lots(tx, &lots).await?;
+    let mut entries = Vec::with_capacity(credits.len());
+    for ((e, p, _), d) in credits.iter().zip(&deltas) {
+        let head = lanes
+            .index_of(&p.program_id, &p.member_id)
+            .ok_or_else(|| ServiceError::internal("a purchase's lane was not locked"))?;
+        entries.push((
+            head,
+            NewEntry {
+                entry_id: &e.entry_id,
+                member_id: &p.member_id,
+                kind: p.kind,
+                deltas: d,
+                cause: &p.cause,
+                reverses: None,
+            },
+        ));
+    }
+    ledger::chain_entries(tx, &mut lanes.heads_mut(), &entries).await?;
+    Ok(credits
+        .iter()
+        .map(|(e, p, parts)| ledger::points_earned(p, &e.entry_id, parts))
+        .collect())
+}
+
+fn response_of(e: &Earning<'_>) -> pb::RecordPurchaseResponse {
+    let earned = e.eval.total > 0;
+    pb::RecordPurchaseResponse {
+        entry_id: e.entry_id.clone(),
+        points: e.eval.total,
+        pending_until: e.lot.pending_until.filter(|_| earned).map(to_timestamp),
+        expires_at: e.lot.expires_at.filter(|_| earned).map(to_timestamp),
+        applications: applications_to_proto(&e.eval),
+        lines: lines_to_proto(&e.eval),
+    }
+}
+
+fn purchase_completed(input: &PurchaseInput) -> EventEnvelope {
+    new_envelope(
+        PRODUCER,
+        &input.program_id,
+        &input.member_id,
+        Payload::PurchaseCompleted(ev::PurchaseCompleted {
+            order_id: input.order_id.clone(),
+            amount: Some(input.amount.to_proto()),
+            lines: input
+                .lines
+                .iter()
+                .map(|l| ev::OrderLine {
+                    line_id: l.line_id.clone(),
+                    sku: l.sku.clone(),
+                    category: l.category.clone(),
+                    quantity: 0,
+                    amount: Some(Money::new(l.amount_minor, input.amount.currency).to_proto()),
+                })
+                .collect(),
+            channel: input.channel.clone(),
+            store_id: input.store_id.clone(),
+            purchased_at: Some(to_timestamp(input.purchased_at)),
+        }),
+    )
+}
+
+/// Stores the orders and what each line earned: one statement on
+/// PostgreSQL, two on SQLite. `Err` when an order id was taken meanwhile.
+async fn insert_purchases(
+    tx: &mut Tx,
+    earnings: &[Earning<'_>],
+    responses: &[pb::RecordPurchaseResponse],
+) -> Result<(), ServiceError> {
+    let engine = engine_of(tx);
+    let (text, int) = (JsonType::Text, JsonType::BigInt);
+    let orders = json_rows(
+        engine,
+        1,
+        "o",
+        &[
+            ("program_id", text),
+            ("order_id", text),
+            ("member_id", text),
+            ("request_hash", text),
+            ("response", text),
+            ("amount_minor", int),
+            ("points", int),
+            ("entry_id", text),
+            ("created_at", int),
+            ("local_day", text),
+        ],
+    );
+    let lines = json_rows(
+        engine,
+        2,
+        "l",
+        &[
+            ("program_id", text),
+            ("order_id", text),
+            ("line_id", text),
+            ("amount_minor", int),
+            ("points", int),
+        ],
+    );
+    let created_at = now_micros();
+    let mut order_rows = Vec::with_capacity(earnings.len());
+    let mut line_rows = Vec::new();
+    for (e, response) in earnings.iter().zip(responses) {
+        let p = e.input;
+        let day = e.terms.policy.tz.local_date(p.purchased_at);
+        order_rows.push(serde_json::json!({
+            "program_id": p.program_id, "order_id": p.order_id, "member_id": p.member_id,
+            "request_hash": p.fingerprint, "response": hex::encode(response.encode_to_vec()),
+            "amount_minor": p.amount.minor, "points": e.eval.total, "entry_id": response.entry_id,
+            "created_at": created_at, "local_day": day.format("%Y-%m-%d").to_string(),
+        }));
+        for (line, (_, points)) in p.lines.iter().zip(&e.eval.lines) {
+            line_rows.push(serde_json::json!({
+                "program_id": p.program_id, "order_id": p.order_id, "line_id": line.line_id,
+                "amount_minor": line.amount_minor, "points": points,
+            }));
+        }
+    }
+    // the response travels as hex (JSON has no bytes) and is decoded in SQL
+    let unhex = match engine {
+        Engine::Postgres => "decode(o.response, 'hex')",
+        Engine::Sqlite => "unhex(o.response)",
+    };
+    let insert_orders = format!(
+        "INSERT INTO purchases (program_id, order_id, member_id, request_hash, response, \
+         amount_minor, points, entry_id, created_at, local_day) \
+         SELECT o.program_id, o.order_id, o.member_id, o.request_hash, {unhex}, o.amount_minor, \
+         o.points, o.entry_id, o.created_at, o.local_day FROM {orders} WHERE true \
+         ON CONFLICT (program_id, order_id) DO NOTHING"
+    );
+    let insert_lines = "INSERT INTO purchase_lines (program_id, order_id, line_id, amount_minor, points) \
+         SELECT l.program_id, l.order_id, l.line_id, l.amount_minor, l.points FROM";
+    let orders_json = serde_json::Value::Array(order_rows).to_string();
+    let lines_json = serde_json::Value::Array(line_rows);
+    let expected_lines = lines_json.as_array().map_or(0, Vec::len) as u64;
+    let lines_json = lines_json.to_string();
+    let taken = || match earnings {
+        [one] => already_recorded(&one.input.order_id),
+        _ => ServiceError::precondition("an order id of the batch was taken meanwhile"),
+    };
+    if engine == Engine::Postgres {
+        // lines of an order that was not inserted are left out: fewer lines
+        // than sent means an order id was taken
+        let sql = format!(
+            "WITH p AS ({insert_orders} RETURNING program_id, order_id) \
+             {insert_lines} {lines} JOIN p ON p.program_id = l.program_id AND p.order_id = l.order_id"
+        );
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(orders_json)
+            .bind(lines_json)
+            .execute(&mut **tx)
+            .await?;
+        if inserted.rows_affected() != expected_lines {
+            return Err(taken());
+        }
+        return Ok(());
+    }
+    let inserted = sqlx::query(sqlx::AssertSqlSafe(insert_orders))
+        .bind(orders_json)
+        .execute(&mut **tx)
+        .await?;
+    if inserted.rows_affected() != earnings.len() as u64 {
+        return Err(taken());
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{insert_lines} {}",
+        lines.replace("$2", "$1")
+    )))
+    .bind(lines_json)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// A refund, validated.

@@ -4,7 +4,9 @@
 
 use chrono::NaiveDate;
 use loyalty_common::ServiceError;
-use loyalty_common::db::Tx;
+use std::collections::HashMap;
+
+use loyalty_common::db::{JsonType, Tx, engine_of, json_rows};
 
 use crate::domain::earning_rules::{Application, CapPeriod, CapUsage};
 
@@ -75,29 +77,53 @@ pub(crate) async fn set_tier(
     Ok(())
 }
 
-/// Counts one more purchase of the member and answers its state after
-/// that (one statement; the row stays locked until commit).
-pub(crate) async fn count_purchase_returning(
+/// Counts one more purchase of each member (each at most once) and
+/// answers their states after that, by (program, member): one statement,
+/// the rows stay locked until commit.
+pub(crate) async fn count_purchases_returning(
     tx: &mut Tx,
-    program_id: &str,
-    member_id: &str,
-) -> Result<MemberState, ServiceError> {
-    let (tier, multiplier_bp, purchase_count, last, streak): (String, i64, i64, String, i64) = sqlx::query_as(
-        "INSERT INTO member_state (program_id, member_id, purchase_count) VALUES ($1, $2, 1) \
-         ON CONFLICT (program_id, member_id) DO UPDATE SET purchase_count = member_state.purchase_count + 1 \
-         RETURNING tier, multiplier_bp, purchase_count, last_check_in, streak_days",
-    )
-    .bind(program_id)
-    .bind(member_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(MemberState {
-        tier,
-        multiplier_bp,
-        purchase_count,
-        last_check_in: NaiveDate::parse_from_str(&last, "%Y-%m-%d").ok(),
-        streak_days: u32::try_from(streak).unwrap_or(0),
-    })
+    members: &[(&str, &str)],
+) -> Result<HashMap<(String, String), MemberState>, ServiceError> {
+    let rows = json_rows(
+        engine_of(tx),
+        1,
+        "r",
+        &[
+            ("program_id", JsonType::Text),
+            ("member_id", JsonType::Text),
+        ],
+    );
+    let json = serde_json::Value::Array(
+        members
+            .iter()
+            .map(|(p, m)| serde_json::json!({"program_id": p, "member_id": m}))
+            .collect(),
+    );
+    let rows: Vec<(String, String, String, i64, i64, String, i64)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO member_state (program_id, member_id, purchase_count) \
+             SELECT r.program_id, r.member_id, 1 FROM {rows} WHERE true \
+             ON CONFLICT (program_id, member_id) DO UPDATE SET purchase_count = member_state.purchase_count + 1 \
+             RETURNING program_id, member_id, tier, multiplier_bp, purchase_count, last_check_in, streak_days"
+        )))
+        .bind(json.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(p, m, tier, multiplier_bp, purchase_count, last, streak)| {
+                let state = MemberState {
+                    tier,
+                    multiplier_bp,
+                    purchase_count,
+                    last_check_in: NaiveDate::parse_from_str(&last, "%Y-%m-%d").ok(),
+                    streak_days: u32::try_from(streak).unwrap_or(0),
+                };
+                ((p, m), state)
+            },
+        )
+        .collect())
 }
 
 /// Records a check-in day and the streak it makes.
@@ -164,22 +190,52 @@ pub(crate) async fn record_awards(
     today: NaiveDate,
     applications: &[Application],
 ) -> Result<(), ServiceError> {
-    let day = day_text(today);
-    for a in applications
+    record_awards_of(tx, &[(program_id, member_id, today, applications)]).await
+}
+
+/// [`record_awards`] of several purchases (of distinct members) in one
+/// statement.
+pub(crate) async fn record_awards_of(
+    tx: &mut Tx,
+    awards: &[(&str, &str, NaiveDate, &[Application])],
+) -> Result<(), ServiceError> {
+    let json: Vec<serde_json::Value> = awards
         .iter()
-        .filter(|a| a.version > 0 && a.points > 0)
-    {
-        sqlx::query(
-            "INSERT INTO rule_awards (program_id, member_id, rule_id, local_day, points) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (program_id, member_id, rule_id, local_day) DO UPDATE SET points = rule_awards.points + excluded.points",
-        )
-        .bind(program_id)
-        .bind(member_id)
-        .bind(&a.rule_id)
-        .bind(&day)
-        .bind(a.points)
-        .execute(&mut **tx)
-        .await?;
+        .flat_map(|(program_id, member_id, today, applications)| {
+            let day = day_text(*today);
+            applications
+                .iter()
+                .filter(|a| a.version > 0 && a.points > 0)
+                .map(move |a| {
+                    serde_json::json!({
+                        "program_id": program_id, "member_id": member_id,
+                        "rule_id": a.rule_id, "local_day": day, "points": a.points,
+                    })
+                })
+        })
+        .collect();
+    if json.is_empty() {
+        return Ok(());
     }
+    let rows = json_rows(
+        engine_of(tx),
+        1,
+        "r",
+        &[
+            ("program_id", JsonType::Text),
+            ("member_id", JsonType::Text),
+            ("rule_id", JsonType::Text),
+            ("local_day", JsonType::Text),
+            ("points", JsonType::BigInt),
+        ],
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO rule_awards (program_id, member_id, rule_id, local_day, points) \
+         SELECT r.program_id, r.member_id, r.rule_id, r.local_day, r.points FROM {rows} WHERE true \
+         ON CONFLICT (program_id, member_id, rule_id, local_day) DO UPDATE SET points = rule_awards.points + excluded.points"
+    )))
+    .bind(serde_json::Value::Array(json).to_string())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
