@@ -7,20 +7,20 @@
 //! fixed number of statements does the chunk whatever its size: one sum
 //! per member, one INSERT … SELECT recording which lots each expire entry
 //! took (`lot_uses`, as debits record theirs), one UPDATE emptying the
-//! lots, multi-row inserts of the entries (one per member, hash-chained in
-//! its lane) and their PointsExpired events, one UPDATE of the balances and
-//! one head update per lane touched. (A member whose lots straddle two
-//! chunks gets one entry per chunk.)
+//! lots, the entries (one per member, hash-chained in its lane, with the
+//! heads) and the balances through the ledger's set-based writes
+//! (`ledger::chain_entries`, `ledger::move_balances`), and their
+//! PointsExpired events. (A member whose lots straddle two chunks gets one
+//! entry per chunk.)
 //!
 //! Idempotent: an expired lot holds nothing, so a rerun finds nothing
 //! twice. Resumable: each chunk commits its effects with the job's
 //! checkpoint (`loyalty_common::jobs`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use loyalty_common::ServiceError;
-use loyalty_common::db::{Tx, now_micros};
+use loyalty_common::db::{JsonType, Tx, engine_of, json_rows};
 use loyalty_common::events::{new_envelope, outbox};
 use loyalty_common::jobs::{ChunkOutcome, Job, RunState};
 use loyalty_common::runtime::ServiceRuntime;
@@ -28,15 +28,11 @@ use loyalty_proto::events::PointsExpired;
 use loyalty_proto::events::event_envelope::Payload;
 
 use super::Scope;
-use crate::domain::ledger::ChainedEntry;
-use crate::store::ledger::{self, EntryKind, PRODUCER};
+use crate::store::ledger::{self, Cause, Deltas, EntryKind, PRODUCER};
 use crate::store::ledger_lanes::lock_lanes;
 
 /// Lots expired per chunk (one transaction).
 const CHUNK: i64 = 10_000;
-/// Members per multi-row statement (bind parameters stay far below the
-/// engines' limits: 19 per entry row).
-const ROWS: usize = 500;
 const REASON: &str = "expired by policy";
 
 /// The points expiry job, over every program (scheduled) or one
@@ -149,10 +145,7 @@ impl Job for PointsExpiry {
             .collect();
         let lots: i64 = losses.iter().map(|l| l.lots).sum();
         // which lots each entry takes, before they are emptied
-        let mut used = 0u64;
-        for part in losses.chunks(ROWS) {
-            used += record_uses(tx, &chunk_sql, &self.scope, now, self.chunk, part).await?;
-        }
+        let used = record_uses(tx, &chunk_sql, &self.scope, now, self.chunk, &losses).await?;
         let update_sql = format!("UPDATE lots SET remaining = 0 WHERE lot_id IN ({chunk_sql})");
         let mut u = sqlx::query(sqlx::AssertSqlSafe(update_sql))
             .bind(now)
@@ -166,62 +159,44 @@ impl Job for PointsExpiry {
                 "expiry chunk changed under its lock: {lots} lots summed, {used} recorded, {updated} expired"
             )));
         }
-        // the entries, chained lane by lane in member order
-        let created_at = now_micros();
+        // the entries, chained lane by lane in member order, and the
+        // balances: one statement each however many members
+        let cause = Cause {
+            reason: Some(REASON.to_owned()),
+            ..Cause::default()
+        };
+        let deltas: Vec<Deltas> = losses
+            .iter()
+            .map(|l| Deltas {
+                available: -l.available,
+                pending: -l.pending,
+                lifetime: 0,
+            })
+            .collect();
         let mut entries = Vec::with_capacity(losses.len());
-        for loss in &losses {
+        for (loss, d) in losses.iter().zip(&deltas) {
             let head = lanes
-                .head_of(&loss.program_id, &loss.member_id)
+                .index_of(&loss.program_id, &loss.member_id)
                 .ok_or_else(|| ServiceError::internal("expiry lost a lane lock"))?;
-            let chained = ChainedEntry {
-                program_id: &loss.program_id,
-                seq: head.seq + 1,
-                entry_id: &loss.entry_id,
-                member_id: &loss.member_id,
-                kind: EntryKind::Expire.as_str(),
-                points: -(loss.available + loss.pending),
-                available_delta: -loss.available,
-                pending_delta: -loss.pending,
-                lifetime_delta: 0,
-                order_id: "",
-                rules: "",
-                staff_id: "",
-                reason: REASON,
-                reference: "",
-                reverses: "",
-                created_at,
-            };
-            let hash = chained.hash(&head.hash);
-            entries.push(NewEntry {
-                lane: head.lane,
-                seq: chained.seq,
-                points: chained.points,
-                prev_hash: std::mem::replace(&mut head.hash, hash.clone()),
-                hash,
-            });
-            head.seq += 1;
+            entries.push((
+                head,
+                ledger::NewEntry {
+                    entry_id: &loss.entry_id,
+                    member_id: &loss.member_id,
+                    kind: EntryKind::Expire,
+                    deltas: d,
+                    cause: &cause,
+                    reverses: None,
+                },
+            ));
         }
-        for (part, rows) in losses.chunks(ROWS).zip(entries.chunks(ROWS)) {
-            insert_entries(tx, part, rows, created_at).await?;
-        }
-        for part in losses.chunks(ROWS) {
-            move_balances(tx, part).await?;
-        }
-        let mut moved: BTreeMap<(&str, i64), (i64, &str)> = BTreeMap::new();
-        for head in lanes.heads() {
-            moved.insert((&head.program_id, head.lane), (head.seq, &head.hash));
-        }
-        for ((program_id, lane), (seq, hash)) in moved {
-            sqlx::query(
-                "UPDATE ledger_heads SET seq = $1, hash = $2 WHERE program_id = $3 AND lane = $4",
-            )
-            .bind(seq)
-            .bind(hash)
-            .bind(program_id)
-            .bind(lane)
-            .execute(&mut **tx)
-            .await?;
-        }
+        ledger::chain_entries(tx, &mut lanes.heads_mut(), &entries).await?;
+        let moves: Vec<(&str, &str, &Deltas)> = losses
+            .iter()
+            .zip(&deltas)
+            .map(|(l, d)| (l.program_id.as_str(), l.member_id.as_str(), d))
+            .collect();
+        ledger::move_balances(tx, &moves).await?;
         let events: Vec<_> = losses
             .iter()
             .map(|l| {
@@ -245,35 +220,6 @@ impl Job for PointsExpiry {
     }
 }
 
-/// Chain fields of a new expire entry.
-struct NewEntry {
-    lane: i64,
-    seq: i64,
-    points: i64,
-    prev_hash: String,
-    hash: String,
-}
-
-/// `(v1, v2, …)` rows of `width` numbered parameters from `$first` on.
-fn values(rows: usize, width: usize, first: usize, casts: &[Option<&str>]) -> String {
-    (0..rows)
-        .map(|r| {
-            let cols = (0..width)
-                .map(|c| {
-                    let n = first + r * width + c;
-                    match casts.get(c).copied().flatten() {
-                        Some(t) => format!("CAST(${n} AS {t})"),
-                        None => format!("${n}"),
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!("({cols})")
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Records the chunk's lots of `part`'s members under each member's entry
 /// (`lot_uses`: lot, points it held); answers the rows written.
 async fn record_uses(
@@ -284,90 +230,37 @@ async fn record_uses(
     chunk: i64,
     part: &[Loss],
 ) -> Result<u64, ServiceError> {
-    // $1..$3 belong to the chunk's query, the members follow
-    let m = values(part.len(), 3, 4, &[]);
+    // $1..$3 belong to the chunk's query, the members are $4
+    let m = json_rows(
+        engine_of(tx),
+        4,
+        "m",
+        &[
+            ("program_id", JsonType::Text),
+            ("member_id", JsonType::Text),
+            ("entry_id", JsonType::Text),
+        ],
+    );
     let sql = format!(
-        "WITH m (program_id, member_id, entry_id) AS (VALUES {m}) \
-         INSERT INTO lot_uses (entry_id, lot_id, points) \
+        "INSERT INTO lot_uses (entry_id, lot_id, points) \
          SELECT m.entry_id, l.lot_id, l.remaining FROM lots l \
-         JOIN m ON l.program_id = m.program_id AND l.member_id = m.member_id \
+         JOIN {m} ON l.program_id = m.program_id AND l.member_id = m.member_id \
          WHERE l.lot_id IN ({chunk_sql})"
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(chunk);
-    // $3 is bound either way so the members' numbers stay fixed
-    q = q.bind(scope.program_id().unwrap_or_default().to_owned());
-    for l in part {
-        q = q
-            .bind(l.program_id.clone())
-            .bind(l.member_id.clone())
-            .bind(l.entry_id.clone());
-    }
+    let members = serde_json::Value::Array(
+        part.iter()
+            .map(|l| {
+                serde_json::json!({
+                    "program_id": l.program_id, "member_id": l.member_id, "entry_id": l.entry_id,
+                })
+            })
+            .collect(),
+    );
+    // $3 is bound either way so the members' number stays fixed
+    let q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(now)
+        .bind(chunk)
+        .bind(scope.program_id().unwrap_or_default().to_owned())
+        .bind(members.to_string());
     Ok(q.execute(&mut **tx).await?.rows_affected())
-}
-
-async fn insert_entries(
-    tx: &mut Tx,
-    part: &[Loss],
-    rows: &[NewEntry],
-    created_at: i64,
-) -> Result<(), ServiceError> {
-    // constant columns are literals: kind, reason and the empty texts
-    let v = values(part.len(), 10, 3, &[]);
-    let sql = format!(
-        "INSERT INTO ledger_entries (entry_id, program_id, lane, seq, member_id, points, \
-         available_delta, pending_delta, prev_hash, hash, kind, lifetime_delta, order_id, rules, \
-         staff_id, reason, reference, reverses, created_at) \
-         SELECT v.*, '{kind}', 0, '', '', '', $1, '', NULL, $2 FROM (VALUES {v}) AS v",
-        kind = EntryKind::Expire.as_str(),
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(REASON)
-        .bind(created_at);
-    for (l, e) in part.iter().zip(rows) {
-        q = q
-            .bind(l.entry_id.clone())
-            .bind(l.program_id.clone())
-            .bind(e.lane)
-            .bind(e.seq)
-            .bind(l.member_id.clone())
-            .bind(e.points)
-            .bind(-l.available)
-            .bind(-l.pending)
-            .bind(e.prev_hash.clone())
-            .bind(e.hash.clone());
-    }
-    q.execute(&mut **tx).await?;
-    Ok(())
-}
-
-async fn move_balances(tx: &mut Tx, part: &[Loss]) -> Result<(), ServiceError> {
-    let v = values(
-        part.len(),
-        4,
-        1,
-        &[None, None, Some("BIGINT"), Some("BIGINT")],
-    );
-    let sql = format!(
-        "WITH m (program_id, member_id, available, pending) AS (VALUES {v}) \
-         UPDATE balances SET available = balances.available - m.available, \
-         pending = balances.pending - m.pending \
-         FROM m WHERE balances.program_id = m.program_id AND balances.member_id = m.member_id"
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for l in part {
-        q = q
-            .bind(l.program_id.clone())
-            .bind(l.member_id.clone())
-            .bind(l.available)
-            .bind(l.pending);
-    }
-    let moved = q.execute(&mut **tx).await?.rows_affected();
-    if moved != part.len() as u64 {
-        return Err(ServiceError::internal(format!(
-            "expiry found {} balances for {} members",
-            moved,
-            part.len()
-        )));
-    }
-    Ok(())
 }
