@@ -178,11 +178,6 @@ impl LockedLanes {
         })
     }
 
-    /// The locked heads, in lock order.
-    pub(crate) fn heads(&self) -> impl Iterator<Item = &Head> {
-        self.heads.values()
-    }
-
     /// Position of the lane of `member_id` in [`heads_mut`](Self::heads_mut).
     pub(crate) fn index_of(&self, program_id: &str, member_id: &str) -> Option<usize> {
         let lanes = *self.counts.get(program_id)?;
