@@ -14,6 +14,7 @@ use loyalty_proto::loyalty::rewards::v1 as pb;
 
 test_on_both_engines!(
     pending_points_become_available_after_the_return_window,
+    a_chunk_of_releases_pays_each_members_debt_first,
     points_expire_at_the_local_month_end_and_reruns_change_nothing,
 );
 
@@ -151,5 +152,73 @@ async fn points_expire_at_the_local_month_end_and_reruns_change_nothing(engine: 
     assert_eq!(r.entries("m1").await[0].kind, pb::EntryKind::Expire as i32);
     r.assert_ledger_ok().await;
     let _ = Duration::zero();
+    r.t.stop().await;
+}
+
+/// Several members' lots released in one chunk: each member's releases pay
+/// its debt first, in lot order, and its balance moves by their sum.
+async fn a_chunk_of_releases_pays_each_members_debt_first(engine: TestEngine) {
+    let r = Rewards::start(engine).await;
+    r.set_policy(pb::ProgramPolicy {
+        pending_days: 7,
+        clawback_policy: pb::ClawbackPolicy::NegativeBalance as i32,
+        ..policy()
+    })
+    .await;
+    r.t.clock().set(at("2026-03-01T02:00:00Z"));
+    r.buy("m2", purchase("o-1", vec![line("a", "food", 10_000)]))
+        .await;
+    r.t.clock().set(at("2026-03-08T02:00:00Z"));
+    assert_eq!(
+        r.run_job(pb::LifecycleJob::PendingRelease).await.processed,
+        1
+    );
+    r.redeem("m2", 100, "spend").await.unwrap();
+    // m2: two new pending lots, then o-1 refunded after its points were
+    // spent: 100 points of debt
+    r.buy("m2", purchase("o-2", vec![line("a", "food", 10_000)]))
+        .await;
+    r.buy("m2", purchase("o-3", vec![line("a", "food", 5_000)]))
+        .await;
+    r.buy("m1", purchase("o-4", vec![line("a", "food", 3_000)]))
+        .await;
+    r.buy("m1", purchase("o-5", vec![line("a", "food", 4_000)]))
+        .await;
+    r.refund(pb::RecordRefundRequest {
+        program_id: PROGRAM.into(),
+        order_id: "o-1".into(),
+        refund_id: "r1".into(),
+        lines: vec![],
+        amount: ledger_support::cny(10_000),
+        refunded_at: None,
+    })
+    .await
+    .unwrap();
+    let b = r.balance("m2").await;
+    assert_eq!((b.available, b.pending), (-100, 150));
+
+    r.t.clock().set(at("2026-03-15T02:00:00Z"));
+    assert_eq!(
+        r.run_job(pb::LifecycleJob::PendingRelease).await.processed,
+        4
+    );
+    let b = r.balance("m2").await;
+    assert_eq!((b.available, b.pending), (50, 0), "the debt was paid first");
+    let b = r.balance("m1").await;
+    assert_eq!((b.available, b.pending), (70, 0));
+    // o-2's lot paid the debt and keeps nothing, o-3's keeps its 50
+    let err = r.redeem("m2", 51, "too-much").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    r.redeem("m2", 50, "all").await.unwrap();
+    r.redeem("m1", 70, "all-m1").await.unwrap();
+    let releases = |entries: Vec<pb::LedgerEntry>| {
+        entries
+            .iter()
+            .filter(|e| e.kind == pb::EntryKind::Release as i32)
+            .count()
+    };
+    assert_eq!(releases(r.entries("m2").await), 3);
+    assert_eq!(releases(r.entries("m1").await), 2);
+    r.assert_ledger_ok().await;
     r.t.stop().await;
 }
