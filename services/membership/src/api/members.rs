@@ -445,31 +445,97 @@ async fn change_status(
     to_proto(tx, &updated).await
 }
 
+/// A status change: the method that asks for it (the idempotency scope),
+/// who may ask, the statuses it leaves and the one it reaches.
+struct Transition {
+    method: &'static str,
+    /// The member itself may ask too (closing its own membership).
+    by_member: bool,
+    from: &'static [&'static str],
+    to: &'static str,
+}
+
+const SUSPEND: Transition = Transition {
+    method: "SuspendMember",
+    by_member: false,
+    from: &["active"],
+    to: "suspended",
+};
+const REINSTATE: Transition = Transition {
+    method: "ReinstateMember",
+    by_member: false,
+    from: &["suspended"],
+    to: "active",
+};
+const CLOSE: Transition = Transition {
+    method: "CloseMember",
+    by_member: true,
+    from: &["active", "suspended"],
+    to: "closed",
+};
+
+/// Which member a status change is for, as the request names it.
+struct Target {
+    program_id: String,
+    member_id: String,
+    expected_version: i64,
+    idempotency_key: String,
+}
+
+/// Runs a status change once (per idempotency key) in one transaction and
+/// answers the member as `answer` wraps it.
+async fn transition<Req, Resp>(
+    rt: &ServiceRuntime,
+    p: &Principal,
+    t: &'static Transition,
+    req: &Req,
+    target: Target,
+    answer: fn(pb::Member) -> Resp,
+) -> Result<Resp, ServiceError>
+where
+    Req: prost::Message,
+    Resp: prost::Message + Default + 'static,
+{
+    required("member_id", &target.member_id)?;
+    if t.by_member {
+        self_or(p, &target.program_id, &target.member_id, SUPPORT)?;
+    } else {
+        p.require_role(&target.program_id, SUPPORT)?;
+    }
+    let at = now(rt);
+    let (program_id, key) = (target.program_id.clone(), target.idempotency_key.clone());
+    write_once(rt, t.method, &program_id, &key, req, move |tx| {
+        Box::pin(async move {
+            let m = change_status(
+                tx,
+                &target.program_id,
+                &target.member_id,
+                target.expected_version,
+                t.from,
+                t.to,
+                at,
+            )
+            .await?;
+            Ok(answer(m))
+        })
+    })
+    .await
+}
+
 #[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]
 pub async fn suspend(
     rt: &ServiceRuntime,
     p: &Principal,
     req: pb::SuspendMemberRequest,
 ) -> Result<pb::SuspendMemberResponse, ServiceError> {
-    required("member_id", &req.member_id)?;
-    p.require_role(&req.program_id, SUPPORT)?;
-    let at = now(rt);
-    let (program_id, key) = (req.program_id.clone(), req.idempotency_key.clone());
-    let r = req.clone();
-    write_once(rt, "SuspendMember", &program_id, &key, &req, move |tx| {
-        Box::pin(async move {
-            let m = change_status(
-                tx,
-                &r.program_id,
-                &r.member_id,
-                r.expected_version,
-                &["active"],
-                "suspended",
-                at,
-            )
-            .await?;
-            Ok(pb::SuspendMemberResponse { member: Some(m) })
-        })
+    let target = Target {
+        program_id: req.program_id.clone(),
+        member_id: req.member_id.clone(),
+        expected_version: req.expected_version,
+        idempotency_key: req.idempotency_key.clone(),
+    };
+    transition(rt, p, &SUSPEND, &req, target, |m| {
+        pb::SuspendMemberResponse { member: Some(m) }
     })
     .await
 }
@@ -480,25 +546,14 @@ pub async fn reinstate(
     p: &Principal,
     req: pb::ReinstateMemberRequest,
 ) -> Result<pb::ReinstateMemberResponse, ServiceError> {
-    required("member_id", &req.member_id)?;
-    p.require_role(&req.program_id, SUPPORT)?;
-    let at = now(rt);
-    let (program_id, key) = (req.program_id.clone(), req.idempotency_key.clone());
-    let r = req.clone();
-    write_once(rt, "ReinstateMember", &program_id, &key, &req, move |tx| {
-        Box::pin(async move {
-            let m = change_status(
-                tx,
-                &r.program_id,
-                &r.member_id,
-                r.expected_version,
-                &["suspended"],
-                "active",
-                at,
-            )
-            .await?;
-            Ok(pb::ReinstateMemberResponse { member: Some(m) })
-        })
+    let target = Target {
+        program_id: req.program_id.clone(),
+        member_id: req.member_id.clone(),
+        expected_version: req.expected_version,
+        idempotency_key: req.idempotency_key.clone(),
+    };
+    transition(rt, p, &REINSTATE, &req, target, |m| {
+        pb::ReinstateMemberResponse { member: Some(m) }
     })
     .await
 }
@@ -509,25 +564,14 @@ pub async fn close(
     p: &Principal,
     req: pb::CloseMemberRequest,
 ) -> Result<pb::CloseMemberResponse, ServiceError> {
-    required("member_id", &req.member_id)?;
-    self_or(p, &req.program_id, &req.member_id, SUPPORT)?;
-    let at = now(rt);
-    let (program_id, key) = (req.program_id.clone(), req.idempotency_key.clone());
-    let r = req.clone();
-    write_once(rt, "CloseMember", &program_id, &key, &req, move |tx| {
-        Box::pin(async move {
-            let m = change_status(
-                tx,
-                &r.program_id,
-                &r.member_id,
-                r.expected_version,
-                &["active", "suspended"],
-                "closed",
-                at,
-            )
-            .await?;
-            Ok(pb::CloseMemberResponse { member: Some(m) })
-        })
+    let target = Target {
+        program_id: req.program_id.clone(),
+        member_id: req.member_id.clone(),
+        expected_version: req.expected_version,
+        idempotency_key: req.idempotency_key.clone(),
+    };
+    transition(rt, p, &CLOSE, &req, target, |m| pb::CloseMemberResponse {
+        member: Some(m),
     })
     .await
 }
