@@ -249,9 +249,11 @@ pub async fn get(
     required("member_id", &req.member_id)?;
     p.authorize_member(&req.program_id, &req.member_id)?;
     let mut c = rt.db.pool().acquire().await?;
-    let m = members::require(&mut c, &req.program_id, &req.member_id).await?;
+    let (m, tags) = members::get_tagged(&mut c, &req.program_id, &req.member_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("member", &req.member_id))?;
     Ok(pb::GetMemberResponse {
-        member: Some(to_proto(&mut c, &m).await?),
+        member: Some(m.to_proto(tags)),
     })
 }
 
@@ -289,11 +291,11 @@ pub async fn lookup(
         }
     };
     let mut c = rt.db.pool().acquire().await?;
-    let m = members::find_by(&mut c, &req.program_id, key, &value)
+    let (m, tags) = members::find_tagged(&mut c, &req.program_id, key, &value)
         .await?
         .ok_or_else(|| ServiceError::not_found("member", key.field()))?;
     Ok(pb::LookupMemberResponse {
-        member: Some(to_proto(&mut c, &m).await?),
+        member: Some(m.to_proto(tags)),
     })
 }
 
@@ -629,13 +631,9 @@ pub async fn list(
         pg.fetch_limit(),
     )
     .await?;
-    let (rows, next) = paging::finish(rows, &pg, &query, |m| m.member_id.clone());
-    let mut out = Vec::with_capacity(rows.len());
-    for m in &rows {
-        out.push(to_proto(&mut c, m).await?);
-    }
+    let (rows, next) = paging::finish(rows, &pg, &query, |(m, _)| m.member_id.clone());
     Ok(pb::ListMembersResponse {
-        members: out,
+        members: rows.into_iter().map(|(m, tags)| m.to_proto(tags)).collect(),
         page: page_response(next),
     })
 }
