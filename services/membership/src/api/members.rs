@@ -625,6 +625,7 @@ pub async fn list(
     }
     let rows = members::list(
         &mut c,
+        rt.db.engine(),
         &req.program_id,
         &filter,
         pg.after.as_deref().unwrap_or(""),

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use loyalty_common::ServiceError;
 use loyalty_common::calendar::{ProgramTz, from_micros, to_micros, to_timestamp};
-use loyalty_common::db::Tx;
+use loyalty_common::db::{Engine, Tx};
 use loyalty_proto::loyalty::membership::v1 as pb;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -568,24 +568,80 @@ pub struct ListFilter {
     pub name_contains: Option<String>,
 }
 
+/// The FTS5 query finding members whose name_search holds `text`
+/// (lower-cased like name_search), when the trigram index can answer it:
+/// text of 3 or more characters. One quoted phrase, so that the index's
+/// query syntax never applies to the text.
+fn name_index_query(text: &str) -> Option<String> {
+    let lower = text.to_lowercase();
+    (lower.chars().count() >= 3).then(|| format!("\"{}\"", lower.replace('"', "\"\"")))
+}
+
+/// Up to this many members holding the text (in any program), a name
+/// search starts from the trigram index; beyond, the text is common enough
+/// that walking the program's members in id order fills a page sooner.
+const NAME_INDEX_MAX_HITS: i64 = 2000;
+
+/// The FTS5 query to start a name search from, on SQLite, when the index
+/// holds few enough members with the text.
+async fn name_index_start(
+    c: &mut AnyConnection,
+    engine: Engine,
+    f: &ListFilter,
+) -> Result<Option<String>, ServiceError> {
+    let Some(query) = (match engine {
+        Engine::Sqlite => f.name_contains.as_deref().and_then(name_index_query),
+        Engine::Postgres => None, // pg_trgm serves the LIKE itself
+    }) else {
+        return Ok(None);
+    };
+    let hits: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM (SELECT 1 FROM member_names_fts \
+         WHERE member_names_fts MATCH $1 LIMIT $2) AS h",
+    )
+    .bind(&query)
+    .bind(NAME_INDEX_MAX_HITS + 1)
+    .fetch_one(&mut *c)
+    .await?;
+    Ok((hits <= NAME_INDEX_MAX_HITS).then_some(query))
+}
+
 /// A page of members after `after` (member id order), with their tags.
+///
+/// On SQLite a name search of 3 or more characters that few members match
+/// starts from the trigram index (`member_names_fts`, see migration 0003)
+/// and looks those members up; the LIKE stays the exact test either way,
+/// so both ways answer the same.
 pub async fn list(
     c: &mut AnyConnection,
+    engine: Engine,
     program_id: &str,
     f: &ListFilter,
     after: &str,
     limit: i64,
 ) -> Result<Vec<(MemberRecord, Vec<String>)>, ServiceError> {
+    let indexed = name_index_start(c, engine, f).await?;
+    // CROSS JOIN: SQLite keeps this join order (index first)
+    let (from, by_index) = if indexed.is_some() {
+        (
+            "member_names_fts x CROSS JOIN member_names n ON n.doc = x.rowid \
+             CROSS JOIN members m ON m.member_id = n.member_id",
+            "AND member_names_fts MATCH $9 ",
+        )
+    } else {
+        ("members m", "")
+    };
+    let cols = m_columns();
     // Every optional filter is bound; a NULL parameter switches it off.
     let sql = format!(
-        "SELECT {COLUMNS}, {TAGS_OF_M} FROM members m WHERE program_id = $1 AND member_id > $2 \
-         AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR tier_code = $4) \
+        "SELECT {cols}, {TAGS_OF_M} FROM {from} WHERE m.program_id = $1 AND m.member_id > $2 \
+         AND ($3 IS NULL OR m.status = $3) AND ($4 IS NULL OR m.tier_code = $4) \
          AND ($5 IS NULL OR EXISTS (SELECT 1 FROM member_tags t WHERE t.member_id = m.member_id AND t.tag = $5)) \
-         AND ($6 IS NULL OR substr(given_name, 1, length($6)) = $6 OR substr(family_name, 1, length($6)) = $6) \
-         AND ($8 IS NULL OR name_search LIKE $8 ESCAPE '\\') \
-         ORDER BY member_id LIMIT $7"
+         AND ($6 IS NULL OR substr(m.given_name, 1, length($6)) = $6 OR substr(m.family_name, 1, length($6)) = $6) \
+         AND ($8 IS NULL OR m.name_search LIKE $8 ESCAPE '\\') {by_index}\
+         ORDER BY m.member_id LIMIT $7"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(program_id)
         .bind(after)
         .bind(f.status)
@@ -593,8 +649,10 @@ pub async fn list(
         .bind(f.tag.as_deref())
         .bind(f.name_prefix.as_deref())
         .bind(limit)
-        .bind(f.name_contains.as_deref().map(contains_pattern))
-        .fetch_all(c)
-        .await?;
+        .bind(f.name_contains.as_deref().map(contains_pattern));
+    if let Some(text) = indexed {
+        q = q.bind(text);
+    }
+    let rows = q.fetch_all(c).await?;
     rows.iter().map(tagged_from_row).collect()
 }
