@@ -249,9 +249,7 @@ pub async fn get(
     required("member_id", &req.member_id)?;
     p.authorize_member(&req.program_id, &req.member_id)?;
     let mut c = rt.db.pool().acquire().await?;
-    let (m, tags) = members::get_tagged(&mut c, &req.program_id, &req.member_id)
-        .await?
-        .ok_or_else(|| ServiceError::not_found("member", &req.member_id))?;
+    let (m, tags) = members::require_tagged(&mut c, &req.program_id, &req.member_id).await?;
     Ok(pb::GetMemberResponse {
         member: Some(m.to_proto(tags)),
     })
@@ -342,7 +340,7 @@ async fn update_in(
     let mask = req.update_mask.clone().map(|m| m.paths).unwrap_or_default();
     let patch = req.profile.clone().unwrap_or_default();
     members::lock(tx, &req.member_id).await?;
-    let m = members::require(tx, &req.program_id, &req.member_id).await?;
+    let (m, tags) = members::require_tagged(tx, &req.program_id, &req.member_id).await?;
     check_writable(&m)?;
     check_version(&m, req.expected_version)?;
     let mut v = Violations::new();
@@ -351,7 +349,7 @@ async fn update_in(
     v.finish()?;
     if changed.is_empty() {
         return Ok(pb::UpdateMemberResponse {
-            member: Some(to_proto(tx, &m).await?),
+            member: Some(m.to_proto(tags)),
         });
     }
     if let Some(key) = members::taken_key(tx, &req.program_id, &m.member_id, None, &profile).await?
@@ -365,7 +363,7 @@ async fn update_in(
         Err(e) if is_unique_violation(&e) => return Err(already(violated_key(&e))),
         Err(e) => return Err(e.into()),
     }
-    let updated = members::require(tx, &req.program_id, &req.member_id).await?;
+    let (updated, tags) = members::require_tagged(tx, &req.program_id, &req.member_id).await?;
     let env = event(
         &m.program_id,
         &m.member_id,
@@ -378,7 +376,7 @@ async fn update_in(
     );
     outbox::append(tx, &env).await?;
     Ok(pb::UpdateMemberResponse {
-        member: Some(to_proto(tx, &updated).await?),
+        member: Some(updated.to_proto(tags)),
     })
 }
 
@@ -418,10 +416,10 @@ async fn change_status(
     at: DateTime<Utc>,
 ) -> Result<pb::Member, ServiceError> {
     members::lock(tx, member_id).await?;
-    let m = members::require(tx, program_id, member_id).await?;
+    let (m, tags) = members::require_tagged(tx, program_id, member_id).await?;
     check_version(&m, expected_version)?;
     if m.status == to {
-        return to_proto(tx, &m).await;
+        return Ok(m.to_proto(tags));
     }
     if !from.contains(&m.status.as_str()) {
         return Err(ServiceError::precondition(format!(
@@ -443,8 +441,8 @@ async fn change_status(
         at,
     );
     outbox::append(tx, &env).await?;
-    let updated = members::require(tx, program_id, member_id).await?;
-    to_proto(tx, &updated).await
+    let (updated, tags) = members::require_tagged(tx, program_id, member_id).await?;
+    Ok(updated.to_proto(tags))
 }
 
 /// A status change: the method that asks for it (the idempotency scope),

@@ -202,6 +202,17 @@ pub async fn get_tagged(
     row.as_ref().map(tagged_from_row).transpose()
 }
 
+/// The member with its tags, or NOT_FOUND.
+pub async fn require_tagged(
+    c: &mut AnyConnection,
+    program_id: &str,
+    member_id: &str,
+) -> Result<(MemberRecord, Vec<String>), ServiceError> {
+    get_tagged(c, program_id, member_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("member", member_id))
+}
+
 /// The program and one of its members, in one round trip: NOT_FOUND for
 /// the program first, then for the member.
 pub async fn require_with_program(
