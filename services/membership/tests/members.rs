@@ -313,6 +313,61 @@ async fn lookups_and_authorisation(engine: TestEngine) {
         .enroll("p1", "ext-2", profile("+8613800000002", "b@example.com"))
         .await;
     let mut c = env.client.clone();
+    let tags = c
+        .add_member_tags(env.req(
+            pb::AddMemberTagsRequest {
+                program_id: "p1".into(),
+                member_id: m.member_id.clone(),
+                tags: vec!["vip".into(), "0-gold".into(), "a:b".into(), "a_b".into()],
+            },
+            "p1",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tags;
+    assert_eq!(tags, ["0-gold", "a:b", "a_b", "vip"]);
+    // reads answer the member with its tags, in the same order
+    let read = c
+        .get_member(env.req(
+            pb::GetMemberRequest {
+                program_id: "p1".into(),
+                member_id: m.member_id.clone(),
+            },
+            "p1",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
+    assert_eq!(read.tags, tags);
+    let listed = c
+        .list_members(env.req(
+            pb::ListMembersRequest {
+                program_id: "p1".into(),
+                ..Default::default()
+            },
+            "p1",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    let listed_tags: Vec<(&str, &[String])> = listed
+        .iter()
+        .map(|l| (l.member_id.as_str(), l.tags.as_slice()))
+        .collect();
+    let mut want: Vec<(&str, &[String])> = vec![
+        (m.member_id.as_str(), tags.as_slice()),
+        (other.member_id.as_str(), &[]),
+    ];
+    want.sort();
+    assert_eq!(listed_tags, want);
+    assert_eq!(
+        listed.iter().find(|l| l.member_id == m.member_id),
+        Some(&read)
+    );
     for key in [
         Key::Phone("+86 138-0000-0001".into()),
         Key::Email("A@Example.com".into()),
@@ -332,8 +387,22 @@ async fn lookups_and_authorisation(engine: TestEngine) {
             .into_inner()
             .member
             .unwrap();
-        assert_eq!(got.member_id, m.member_id);
+        assert_eq!(got, read, "{key:?}");
     }
+    let got = c
+        .lookup_member(env.req(
+            pb::LookupMemberRequest {
+                program_id: "p1".into(),
+                key: Some(Key::ExternalId("ext-2".into())),
+            },
+            "p1",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
+    assert_eq!((got.member_id, got.tags), (other.member_id.clone(), vec![]));
     let err = c
         .lookup_member(env.req(
             pb::LookupMemberRequest {

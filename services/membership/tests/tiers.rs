@@ -50,6 +50,26 @@ async fn upgrades_at_once_downgrades_one_level_only_at_evaluation(engine: TestEn
         .await;
     let p = env.progress("p1", &m.member_id).await;
     assert_eq!(p.qualifying_value, 10_100_00);
+    // no such member, no such program
+    for (program, member, missing) in [
+        ("p1", "no-such-member", "member no-such-member"),
+        ("p9", m.member_id.as_str(), "program p9"),
+    ] {
+        let err = env
+            .client
+            .clone()
+            .get_tier_progress(env.req(
+                pb::GetTierProgressRequest {
+                    program_id: program.into(),
+                    member_id: member.into(),
+                },
+                program,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(err.message().contains(missing), "{}", err.message());
+    }
 
     // a refund lowers the qualifying value but never downgrades at once
     env.ts

@@ -249,9 +249,9 @@ pub async fn get(
     required("member_id", &req.member_id)?;
     p.authorize_member(&req.program_id, &req.member_id)?;
     let mut c = rt.db.pool().acquire().await?;
-    let m = members::require(&mut c, &req.program_id, &req.member_id).await?;
+    let (m, tags) = members::require_tagged(&mut c, &req.program_id, &req.member_id).await?;
     Ok(pb::GetMemberResponse {
-        member: Some(to_proto(&mut c, &m).await?),
+        member: Some(m.to_proto(tags)),
     })
 }
 
@@ -289,11 +289,11 @@ pub async fn lookup(
         }
     };
     let mut c = rt.db.pool().acquire().await?;
-    let m = members::find_by(&mut c, &req.program_id, key, &value)
+    let (m, tags) = members::find_tagged(&mut c, &req.program_id, key, &value)
         .await?
         .ok_or_else(|| ServiceError::not_found("member", key.field()))?;
     Ok(pb::LookupMemberResponse {
-        member: Some(to_proto(&mut c, &m).await?),
+        member: Some(m.to_proto(tags)),
     })
 }
 
@@ -340,7 +340,7 @@ async fn update_in(
     let mask = req.update_mask.clone().map(|m| m.paths).unwrap_or_default();
     let patch = req.profile.clone().unwrap_or_default();
     members::lock(tx, &req.member_id).await?;
-    let m = members::require(tx, &req.program_id, &req.member_id).await?;
+    let (m, tags) = members::require_tagged(tx, &req.program_id, &req.member_id).await?;
     check_writable(&m)?;
     check_version(&m, req.expected_version)?;
     let mut v = Violations::new();
@@ -349,7 +349,7 @@ async fn update_in(
     v.finish()?;
     if changed.is_empty() {
         return Ok(pb::UpdateMemberResponse {
-            member: Some(to_proto(tx, &m).await?),
+            member: Some(m.to_proto(tags)),
         });
     }
     if let Some(key) = members::taken_key(tx, &req.program_id, &m.member_id, None, &profile).await?
@@ -363,7 +363,7 @@ async fn update_in(
         Err(e) if is_unique_violation(&e) => return Err(already(violated_key(&e))),
         Err(e) => return Err(e.into()),
     }
-    let updated = members::require(tx, &req.program_id, &req.member_id).await?;
+    let (updated, tags) = members::require_tagged(tx, &req.program_id, &req.member_id).await?;
     let env = event(
         &m.program_id,
         &m.member_id,
@@ -376,7 +376,7 @@ async fn update_in(
     );
     outbox::append(tx, &env).await?;
     Ok(pb::UpdateMemberResponse {
-        member: Some(to_proto(tx, &updated).await?),
+        member: Some(updated.to_proto(tags)),
     })
 }
 
@@ -416,10 +416,10 @@ async fn change_status(
     at: DateTime<Utc>,
 ) -> Result<pb::Member, ServiceError> {
     members::lock(tx, member_id).await?;
-    let m = members::require(tx, program_id, member_id).await?;
+    let (m, tags) = members::require_tagged(tx, program_id, member_id).await?;
     check_version(&m, expected_version)?;
     if m.status == to {
-        return to_proto(tx, &m).await;
+        return Ok(m.to_proto(tags));
     }
     if !from.contains(&m.status.as_str()) {
         return Err(ServiceError::precondition(format!(
@@ -441,8 +441,85 @@ async fn change_status(
         at,
     );
     outbox::append(tx, &env).await?;
-    let updated = members::require(tx, program_id, member_id).await?;
-    to_proto(tx, &updated).await
+    let (updated, tags) = members::require_tagged(tx, program_id, member_id).await?;
+    Ok(updated.to_proto(tags))
+}
+
+/// A status change: the method that asks for it (the idempotency scope),
+/// who may ask, the statuses it leaves and the one it reaches.
+struct Transition {
+    method: &'static str,
+    /// The member itself may ask too (closing its own membership).
+    by_member: bool,
+    from: &'static [&'static str],
+    to: &'static str,
+}
+
+const SUSPEND: Transition = Transition {
+    method: "SuspendMember",
+    by_member: false,
+    from: &["active"],
+    to: "suspended",
+};
+const REINSTATE: Transition = Transition {
+    method: "ReinstateMember",
+    by_member: false,
+    from: &["suspended"],
+    to: "active",
+};
+const CLOSE: Transition = Transition {
+    method: "CloseMember",
+    by_member: true,
+    from: &["active", "suspended"],
+    to: "closed",
+};
+
+/// Which member a status change is for, as the request names it.
+struct Target {
+    program_id: String,
+    member_id: String,
+    expected_version: i64,
+    idempotency_key: String,
+}
+
+/// Runs a status change once (per idempotency key) in one transaction and
+/// answers the member as `answer` wraps it.
+async fn transition<Req, Resp>(
+    rt: &ServiceRuntime,
+    p: &Principal,
+    t: &'static Transition,
+    req: &Req,
+    target: Target,
+    answer: fn(pb::Member) -> Resp,
+) -> Result<Resp, ServiceError>
+where
+    Req: prost::Message,
+    Resp: prost::Message + Default + 'static,
+{
+    required("member_id", &target.member_id)?;
+    if t.by_member {
+        self_or(p, &target.program_id, &target.member_id, SUPPORT)?;
+    } else {
+        p.require_role(&target.program_id, SUPPORT)?;
+    }
+    let at = now(rt);
+    let (program_id, key) = (target.program_id.clone(), target.idempotency_key.clone());
+    write_once(rt, t.method, &program_id, &key, req, move |tx| {
+        Box::pin(async move {
+            let m = change_status(
+                tx,
+                &target.program_id,
+                &target.member_id,
+                target.expected_version,
+                t.from,
+                t.to,
+                at,
+            )
+            .await?;
+            Ok(answer(m))
+        })
+    })
+    .await
 }
 
 #[tracing::instrument(skip_all, fields(program_id = %req.program_id, member_id = %req.member_id))]
@@ -451,25 +528,14 @@ pub async fn suspend(
     p: &Principal,
     req: pb::SuspendMemberRequest,
 ) -> Result<pb::SuspendMemberResponse, ServiceError> {
-    required("member_id", &req.member_id)?;
-    p.require_role(&req.program_id, SUPPORT)?;
-    let at = now(rt);
-    let (program_id, key) = (req.program_id.clone(), req.idempotency_key.clone());
-    let r = req.clone();
-    write_once(rt, "SuspendMember", &program_id, &key, &req, move |tx| {
-        Box::pin(async move {
-            let m = change_status(
-                tx,
-                &r.program_id,
-                &r.member_id,
-                r.expected_version,
-                &["active"],
-                "suspended",
-                at,
-            )
-            .await?;
-            Ok(pb::SuspendMemberResponse { member: Some(m) })
-        })
+    let target = Target {
+        program_id: req.program_id.clone(),
+        member_id: req.member_id.clone(),
+        expected_version: req.expected_version,
+        idempotency_key: req.idempotency_key.clone(),
+    };
+    transition(rt, p, &SUSPEND, &req, target, |m| {
+        pb::SuspendMemberResponse { member: Some(m) }
     })
     .await
 }
@@ -480,25 +546,14 @@ pub async fn reinstate(
     p: &Principal,
     req: pb::ReinstateMemberRequest,
 ) -> Result<pb::ReinstateMemberResponse, ServiceError> {
-    required("member_id", &req.member_id)?;
-    p.require_role(&req.program_id, SUPPORT)?;
-    let at = now(rt);
-    let (program_id, key) = (req.program_id.clone(), req.idempotency_key.clone());
-    let r = req.clone();
-    write_once(rt, "ReinstateMember", &program_id, &key, &req, move |tx| {
-        Box::pin(async move {
-            let m = change_status(
-                tx,
-                &r.program_id,
-                &r.member_id,
-                r.expected_version,
-                &["suspended"],
-                "active",
-                at,
-            )
-            .await?;
-            Ok(pb::ReinstateMemberResponse { member: Some(m) })
-        })
+    let target = Target {
+        program_id: req.program_id.clone(),
+        member_id: req.member_id.clone(),
+        expected_version: req.expected_version,
+        idempotency_key: req.idempotency_key.clone(),
+    };
+    transition(rt, p, &REINSTATE, &req, target, |m| {
+        pb::ReinstateMemberResponse { member: Some(m) }
     })
     .await
 }
@@ -509,25 +564,14 @@ pub async fn close(
     p: &Principal,
     req: pb::CloseMemberRequest,
 ) -> Result<pb::CloseMemberResponse, ServiceError> {
-    required("member_id", &req.member_id)?;
-    self_or(p, &req.program_id, &req.member_id, SUPPORT)?;
-    let at = now(rt);
-    let (program_id, key) = (req.program_id.clone(), req.idempotency_key.clone());
-    let r = req.clone();
-    write_once(rt, "CloseMember", &program_id, &key, &req, move |tx| {
-        Box::pin(async move {
-            let m = change_status(
-                tx,
-                &r.program_id,
-                &r.member_id,
-                r.expected_version,
-                &["active", "suspended"],
-                "closed",
-                at,
-            )
-            .await?;
-            Ok(pb::CloseMemberResponse { member: Some(m) })
-        })
+    let target = Target {
+        program_id: req.program_id.clone(),
+        member_id: req.member_id.clone(),
+        expected_version: req.expected_version,
+        idempotency_key: req.idempotency_key.clone(),
+    };
+    transition(rt, p, &CLOSE, &req, target, |m| pb::CloseMemberResponse {
+        member: Some(m),
     })
     .await
 }
@@ -579,19 +623,16 @@ pub async fn list(
     }
     let rows = members::list(
         &mut c,
+        rt.db.engine(),
         &req.program_id,
         &filter,
         pg.after.as_deref().unwrap_or(""),
         pg.fetch_limit(),
     )
     .await?;
-    let (rows, next) = paging::finish(rows, &pg, &query, |m| m.member_id.clone());
-    let mut out = Vec::with_capacity(rows.len());
-    for m in &rows {
-        out.push(to_proto(&mut c, m).await?);
-    }
+    let (rows, next) = paging::finish(rows, &pg, &query, |(m, _)| m.member_id.clone());
     Ok(pb::ListMembersResponse {
-        members: out,
+        members: rows.into_iter().map(|(m, tags)| m.to_proto(tags)).collect(),
         page: page_response(next),
     })
 }

@@ -21,8 +21,8 @@ pub async fn export(
     required("member_id", &req.member_id)?;
     self_or(p, &req.program_id, &req.member_id, SUPPORT)?;
     let mut c = rt.db.pool().acquire().await?;
-    let m = members::require(&mut c, &req.program_id, &req.member_id).await?;
-    let member = super::members::to_proto(&mut c, &m).await?;
+    let (m, tags) = members::require_tagged(&mut c, &req.program_id, &req.member_id).await?;
+    let member = m.to_proto(tags);
     let current = consents::current(&mut c, &m.member_id).await?;
     let mut consent_history = Vec::new();
     let mut after = 0;
@@ -68,9 +68,9 @@ pub async fn erase(
     let at = now(rt);
     let mut tx = rt.db.begin().await?;
     members::lock(&mut tx, &req.member_id).await?;
-    let m = members::require(&mut tx, &req.program_id, &req.member_id).await?;
+    let (m, tags) = members::require_tagged(&mut tx, &req.program_id, &req.member_id).await?;
     if m.status == "erased" {
-        let member = super::members::to_proto(&mut tx, &m).await?;
+        let member = m.to_proto(tags);
         tx.rollback().await?;
         return Ok(pb::EraseMemberResponse {
             member: Some(member),
@@ -87,8 +87,8 @@ pub async fn erase(
         at,
     );
     outbox::append(&mut tx, &env).await?;
-    let erased = members::require(&mut tx, &req.program_id, &req.member_id).await?;
-    let member = super::members::to_proto(&mut tx, &erased).await?;
+    let (erased, tags) = members::require_tagged(&mut tx, &req.program_id, &req.member_id).await?;
+    let member = erased.to_proto(tags);
     tx.commit().await?;
     rt.outbox.notify();
     tracing::info!("member erased");

@@ -34,8 +34,8 @@ pub async fn progress_of(
     p.authorize_member(&req.program_id, &req.member_id)?;
     let at = now(rt);
     let mut c = rt.db.pool().acquire().await?;
-    let program = programs::require(&mut c, &req.program_id).await?;
-    let m = members::require(&mut c, &req.program_id, &req.member_id).await?;
+    let (program, m) =
+        members::require_with_program(&mut c, &req.program_id, &req.member_id).await?;
     let rules = &program.rules;
     let start = window_start(rules.window, &program.tz, at);
     let evaluation_at = from_micros(m.next_evaluation_at);

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use loyalty_common::ServiceError;
 use loyalty_common::calendar::{ProgramTz, from_micros, to_micros, to_timestamp};
-use loyalty_common::db::Tx;
+use loyalty_common::db::{Engine, Tx};
 use loyalty_proto::loyalty::membership::v1 as pb;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -15,6 +15,7 @@ use sqlx::{AnyConnection, Row};
 use crate::domain::contact::{Email, Phone};
 use crate::domain::profile::Profile;
 use crate::domain::segment::MemberFacts;
+use crate::store::programs::{self, ProgramRecord};
 
 /// A member as stored.
 #[derive(Debug, Clone)]
@@ -38,6 +39,15 @@ pub struct MemberRecord {
 pub(crate) const COLUMNS: &str = "member_id, program_id, external_id, given_name, family_name, phone, email, \
      birthday, locale, card_number, preferences, status, enrolment_channel, tier_code, tier_since, \
      next_evaluation_at, last_purchase_at, enrol_fingerprint, version, enrolled_at, updated_at";
+
+/// [`COLUMNS`] of the members table named `m` (for joins).
+fn m_columns() -> String {
+    COLUMNS
+        .split(", ")
+        .map(|col| format!("m.{col}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 pub(crate) fn from_row(r: &AnyRow) -> Result<MemberRecord, ServiceError> {
     let err = |e: sqlx::Error| super::decode_err("member", e);
@@ -155,6 +165,86 @@ pub async fn require(
         .ok_or_else(|| ServiceError::not_found("member", member_id))
 }
 
+/// The tags of member `m`, in order and comma-separated (NULL without
+/// tags): a member and its tags in one statement. Tags never hold a comma.
+const TAGS_OF_M: &str = "(SELECT string_agg(t.tag, ',' ORDER BY t.tag) FROM member_tags t \
+     WHERE t.member_id = m.member_id)";
+
+/// The tags from column `i` of a row selected with [`TAGS_OF_M`].
+fn tags_at(r: &AnyRow, i: usize) -> Result<Vec<String>, ServiceError> {
+    let joined: Option<String> = r
+        .try_get(i)
+        .map_err(|e| super::decode_err("member tags", e))?;
+    Ok(joined
+        .map(|j| j.split(',').map(str::to_owned).collect())
+        .unwrap_or_default())
+}
+
+/// A member with its tags.
+fn tagged_from_row(r: &AnyRow) -> Result<(MemberRecord, Vec<String>), ServiceError> {
+    Ok((from_row(r)?, tags_at(r, 21)?))
+}
+
+/// The member with its tags (one round trip).
+pub async fn get_tagged(
+    c: &mut AnyConnection,
+    program_id: &str,
+    member_id: &str,
+) -> Result<Option<(MemberRecord, Vec<String>)>, ServiceError> {
+    let sql = format!(
+        "SELECT {COLUMNS}, {TAGS_OF_M} FROM members m WHERE member_id = $1 AND program_id = $2"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(member_id)
+        .bind(program_id)
+        .fetch_optional(c)
+        .await?;
+    row.as_ref().map(tagged_from_row).transpose()
+}
+
+/// The member with its tags, or NOT_FOUND.
+pub async fn require_tagged(
+    c: &mut AnyConnection,
+    program_id: &str,
+    member_id: &str,
+) -> Result<(MemberRecord, Vec<String>), ServiceError> {
+    get_tagged(c, program_id, member_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("member", member_id))
+}
+
+/// The program and one of its members, in one round trip: NOT_FOUND for
+/// the program first, then for the member.
+pub async fn require_with_program(
+    c: &mut AnyConnection,
+    program_id: &str,
+    member_id: &str,
+) -> Result<(ProgramRecord, MemberRecord), ServiceError> {
+    let cols = m_columns();
+    let sql = format!(
+        "SELECT {cols}, p.definition, p.version, p.created_at, p.updated_at FROM programs p \
+         LEFT JOIN members m ON m.program_id = p.program_id AND m.member_id = $2 WHERE p.program_id = $1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(program_id)
+        .bind(member_id)
+        .fetch_optional(c)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("program", program_id))?;
+    let err = |e: sqlx::Error| super::decode_err("program", e);
+    let program = programs::record(
+        &row.try_get::<Vec<u8>, _>(21).map_err(err)?,
+        row.try_get(22).map_err(err)?,
+        row.try_get(23).map_err(err)?,
+        row.try_get(24).map_err(err)?,
+    )?;
+    let found: Option<String> = row.try_get(0).map_err(|e| super::decode_err("member", e))?;
+    if found.is_none() {
+        return Err(ServiceError::not_found("member", member_id));
+    }
+    Ok((program, from_row(&row)?))
+}
+
 /// Takes the member's row lock for the rest of the transaction (a no-op
 /// update: PostgreSQL locks the row, SQLite's writer is already exclusive),
 /// so that read-then-write operations on one member run one after the
@@ -202,6 +292,26 @@ pub async fn find_by(
         .fetch_optional(c)
         .await?;
     row.as_ref().map(from_row).transpose()
+}
+
+/// Finds a member with its tags by a normalised unique key (one round
+/// trip).
+pub async fn find_tagged(
+    c: &mut AnyConnection,
+    program_id: &str,
+    key: Key,
+    value: &str,
+) -> Result<Option<(MemberRecord, Vec<String>)>, ServiceError> {
+    let col = key.field(); // fixed column names, never caller text
+    let sql = format!(
+        "SELECT {COLUMNS}, {TAGS_OF_M} FROM members m WHERE program_id = $1 AND {col} = $2"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(program_id)
+        .bind(value)
+        .fetch_optional(c)
+        .await?;
+    row.as_ref().map(tagged_from_row).transpose()
 }
 
 fn opt(s: &str) -> Option<&str> {
@@ -469,24 +579,80 @@ pub struct ListFilter {
     pub name_contains: Option<String>,
 }
 
-/// A page of members after `after` (member id order).
+/// The FTS5 query finding members whose name_search holds `text`
+/// (lower-cased like name_search), when the trigram index can answer it:
+/// text of 3 or more characters. One quoted phrase, so that the index's
+/// query syntax never applies to the text.
+fn name_index_query(text: &str) -> Option<String> {
+    let lower = text.to_lowercase();
+    (lower.chars().count() >= 3).then(|| format!("\"{}\"", lower.replace('"', "\"\"")))
+}
+
+/// Up to this many members holding the text (in any program), a name
+/// search starts from the trigram index; beyond, the text is common enough
+/// that walking the program's members in id order fills a page sooner.
+const NAME_INDEX_MAX_HITS: i64 = 2000;
+
+/// The FTS5 query to start a name search from, on SQLite, when the index
+/// holds few enough members with the text.
+async fn name_index_start(
+    c: &mut AnyConnection,
+    engine: Engine,
+    f: &ListFilter,
+) -> Result<Option<String>, ServiceError> {
+    let Some(query) = (match engine {
+        Engine::Sqlite => f.name_contains.as_deref().and_then(name_index_query),
+        Engine::Postgres => None, // pg_trgm serves the LIKE itself
+    }) else {
+        return Ok(None);
+    };
+    let hits: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM (SELECT 1 FROM member_names_fts \
+         WHERE member_names_fts MATCH $1 LIMIT $2) AS h",
+    )
+    .bind(&query)
+    .bind(NAME_INDEX_MAX_HITS + 1)
+    .fetch_one(&mut *c)
+    .await?;
+    Ok((hits <= NAME_INDEX_MAX_HITS).then_some(query))
+}
+
+/// A page of members after `after` (member id order), with their tags.
+///
+/// On SQLite a name search of 3 or more characters that few members match
+/// starts from the trigram index (`member_names_fts`, see migration 0003)
+/// and looks those members up; the LIKE stays the exact test either way,
+/// so both ways answer the same.
 pub async fn list(
     c: &mut AnyConnection,
+    engine: Engine,
     program_id: &str,
     f: &ListFilter,
     after: &str,
     limit: i64,
-) -> Result<Vec<MemberRecord>, ServiceError> {
+) -> Result<Vec<(MemberRecord, Vec<String>)>, ServiceError> {
+    let indexed = name_index_start(c, engine, f).await?;
+    // CROSS JOIN: SQLite keeps this join order (index first)
+    let (from, by_index) = if indexed.is_some() {
+        (
+            "member_names_fts x CROSS JOIN member_names n ON n.doc = x.rowid \
+             CROSS JOIN members m ON m.member_id = n.member_id",
+            "AND member_names_fts MATCH $9 ",
+        )
+    } else {
+        ("members m", "")
+    };
+    let cols = m_columns();
     // Every optional filter is bound; a NULL parameter switches it off.
     let sql = format!(
-        "SELECT {COLUMNS} FROM members m WHERE program_id = $1 AND member_id > $2 \
-         AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR tier_code = $4) \
+        "SELECT {cols}, {TAGS_OF_M} FROM {from} WHERE m.program_id = $1 AND m.member_id > $2 \
+         AND ($3 IS NULL OR m.status = $3) AND ($4 IS NULL OR m.tier_code = $4) \
          AND ($5 IS NULL OR EXISTS (SELECT 1 FROM member_tags t WHERE t.member_id = m.member_id AND t.tag = $5)) \
-         AND ($6 IS NULL OR substr(given_name, 1, length($6)) = $6 OR substr(family_name, 1, length($6)) = $6) \
-         AND ($8 IS NULL OR name_search LIKE $8 ESCAPE '\\') \
-         ORDER BY member_id LIMIT $7"
+         AND ($6 IS NULL OR substr(m.given_name, 1, length($6)) = $6 OR substr(m.family_name, 1, length($6)) = $6) \
+         AND ($8 IS NULL OR m.name_search LIKE $8 ESCAPE '\\') {by_index}\
+         ORDER BY m.member_id LIMIT $7"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(program_id)
         .bind(after)
         .bind(f.status)
@@ -494,8 +660,10 @@ pub async fn list(
         .bind(f.tag.as_deref())
         .bind(f.name_prefix.as_deref())
         .bind(limit)
-        .bind(f.name_contains.as_deref().map(contains_pattern))
-        .fetch_all(c)
-        .await?;
-    rows.iter().map(from_row).collect()
+        .bind(f.name_contains.as_deref().map(contains_pattern));
+    if let Some(text) = indexed {
+        q = q.bind(text);
+    }
+    let rows = q.fetch_all(c).await?;
+    rows.iter().map(tagged_from_row).collect()
 }

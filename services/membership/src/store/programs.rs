@@ -57,7 +57,8 @@ pub fn definition(p: &pb::Program) -> pb::Program {
     }
 }
 
-fn record(
+/// A program from its stored columns.
+pub(crate) fn record(
     bytes: &[u8],
     version: i64,
     created: i64,
