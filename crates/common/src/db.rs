@@ -392,6 +392,28 @@ pub fn json_rows(
     }
 }
 
+/// A FROM clause of the JSON rows (alias `r`, see [`json_rows`]) each with
+/// the row of `table` (alias `t`) it names by a unique key (`on`, over `r`
+/// and `t`). On PostgreSQL a lateral lookup per row: one index probe each,
+/// whatever the planner believes of the table's size (a plan made while a
+/// table was small would otherwise scan it whole). On SQLite a plain join,
+/// which its planner runs as index probes anyway.
+pub fn json_rows_lookup(
+    engine: Engine,
+    param: usize,
+    columns: &[(&str, JsonType)],
+    table: &str,
+    on: &str,
+) -> String {
+    let rows = json_rows(engine, param, "r", columns);
+    match engine {
+        Engine::Postgres => {
+            format!("{rows} CROSS JOIN LATERAL (SELECT * FROM {table} t WHERE {on} LIMIT 1) t")
+        }
+        Engine::Sqlite => format!("{rows} JOIN {table} t ON {on}"),
+    }
+}
+
 /// True when the error is a unique-constraint violation (both engines).
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     match err {

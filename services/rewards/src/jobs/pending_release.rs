@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use loyalty_common::ServiceError;
-use loyalty_common::db::{JsonType, Tx, engine_of, json_rows};
+use loyalty_common::db::{JsonType, Tx, engine_of, json_rows, json_rows_lookup};
 use loyalty_common::jobs::{ChunkOutcome, Job, RunState};
 use loyalty_common::runtime::ServiceRuntime;
 
@@ -149,15 +149,20 @@ async fn still_pending(
     tx: &mut Tx,
     due: &[(String, String, String)],
 ) -> Result<Vec<DueLot>, ServiceError> {
-    let rows = json_rows(engine_of(tx), 1, "r", &[("lot_id", JsonType::Text)]);
+    let from = json_rows_lookup(
+        engine_of(tx),
+        1,
+        &[("lot_id", JsonType::Text)],
+        "lots",
+        "t.lot_id = r.lot_id",
+    );
     let ids = serde_json::Value::Array(
         due.iter()
             .map(|d| serde_json::json!({"lot_id": d.0}))
             .collect(),
     );
     let found: Vec<(String, String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT l.lot_id, l.program_id, l.member_id, l.remaining FROM lots l \
-         JOIN {rows} ON l.lot_id = r.lot_id WHERE l.released = 0"
+        "SELECT t.lot_id, t.program_id, t.member_id, t.remaining FROM {from} WHERE t.released = 0"
     )))
     .bind(ids.to_string())
     .fetch_all(&mut **tx)
@@ -182,14 +187,15 @@ async fn balances_of(
     tx: &mut Tx,
     lots: &[DueLot],
 ) -> Result<HashMap<(String, String), i64>, ServiceError> {
-    let rows = json_rows(
+    let from = json_rows_lookup(
         engine_of(tx),
         1,
-        "r",
         &[
             ("program_id", JsonType::Text),
             ("member_id", JsonType::Text),
         ],
+        "balances",
+        "t.program_id = r.program_id AND t.member_id = r.member_id",
     );
     let members: std::collections::BTreeSet<(&str, &str)> = lots
         .iter()
@@ -202,8 +208,7 @@ async fn balances_of(
             .collect(),
     );
     let found: Vec<(String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT b.program_id, b.member_id, b.available FROM balances b \
-         JOIN {rows} ON b.program_id = r.program_id AND b.member_id = r.member_id"
+        "SELECT t.program_id, t.member_id, t.available FROM {from}"
     )))
     .bind(json.to_string())
     .fetch_all(&mut **tx)

@@ -13,7 +13,9 @@ use loyalty_common::calendar::{from_timestamp_opt, to_timestamp};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use loyalty_common::db::{Engine, JsonType, Tx, engine_of, json_rows, now_micros};
+use loyalty_common::db::{
+    Engine, JsonType, Tx, engine_of, json_rows, json_rows_lookup, now_micros,
+};
 use loyalty_common::events::{new_envelope, outbox};
 use loyalty_common::money::Money;
 use loyalty_proto::events as ev;
@@ -431,11 +433,12 @@ async fn recorded_orders<'a>(
     tx: &mut Tx,
     round: &[(usize, &'a PurchaseInput)],
 ) -> Result<HashMap<(&'a str, &'a str), (String, Vec<u8>)>, ServiceError> {
-    let rows = json_rows(
+    let from = json_rows_lookup(
         engine_of(tx),
         1,
-        "r",
         &[("program_id", JsonType::Text), ("order_id", JsonType::Text)],
+        "purchases",
+        "t.program_id = r.program_id AND t.order_id = r.order_id",
     );
     let json = serde_json::Value::Array(
         round
@@ -443,14 +446,12 @@ async fn recorded_orders<'a>(
             .map(|(_, p)| serde_json::json!({"program_id": p.program_id, "order_id": p.order_id}))
             .collect(),
     );
-    let found: Vec<(String, String, String, Vec<u8>)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT p.program_id, p.order_id, p.request_hash, p.response FROM purchases p \
-             JOIN {rows} ON p.program_id = r.program_id AND p.order_id = r.order_id"
-        )))
-        .bind(json.to_string())
-        .fetch_all(&mut **tx)
-        .await?;
+    let found: Vec<(String, String, String, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(
+        format!("SELECT t.program_id, t.order_id, t.request_hash, t.response FROM {from}"),
+    ))
+    .bind(json.to_string())
+    .fetch_all(&mut **tx)
+    .await?;
     let mut recorded = HashMap::new();
     for (program_id, order_id, hash, response) in found {
         if let Some((_, p)) = round
