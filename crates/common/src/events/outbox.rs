@@ -8,7 +8,7 @@ use loyalty_proto::events::EventEnvelope;
 use prost::Message;
 use tokio::sync::Notify;
 
-use crate::db::{Db, Tx, now_micros};
+use crate::db::{Db, Engine, JsonType, Tx, engine_of, json_rows, now_micros};
 
 /// Appends `envelope` to the outbox inside the caller's transaction, keyed
 /// for ordering by its member (else its program). Call
@@ -28,33 +28,50 @@ pub async fn append(tx: &mut Tx, envelope: &EventEnvelope) -> Result<(), sqlx::E
     Ok(())
 }
 
-/// Appends every envelope of `envelopes` like [`append`], with one
-/// multi-row INSERT per hundred events instead of one statement each (a
-/// job announcing what a chunk did).
+/// Appends every envelope of `envelopes` like [`append`], in one statement
+/// however many (rows bound as one JSON parameter, see
+/// [`crate::db::json_rows`]: the same SQL for every count).
 pub async fn append_all(tx: &mut Tx, envelopes: &[EventEnvelope]) -> Result<(), sqlx::Error> {
-    const ROWS: usize = 100;
-    let now = now_micros();
-    for part in envelopes.chunks(ROWS) {
-        let values = (0..part.len())
-            .map(|i| {
-                let b = 4 * i;
-                format!("(${}, ${}, ${}, ${}, $1)", b + 2, b + 3, b + 4, b + 5)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "INSERT INTO outbox (event_id, event_type, ordering_key, payload, created_at) VALUES {values}"
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-        for e in part {
-            q = q
-                .bind(e.event_id.clone())
-                .bind(e.event_type.clone())
-                .bind(super::ordering_key(e).to_owned())
-                .bind(e.encode_to_vec());
-        }
-        q.execute(&mut **tx).await?;
+    if envelopes.is_empty() {
+        return Ok(());
     }
+    let engine = engine_of(tx);
+    let rows = json_rows(
+        engine,
+        2,
+        "r",
+        &[
+            ("event_id", JsonType::Text),
+            ("event_type", JsonType::Text),
+            ("ordering_key", JsonType::Text),
+            ("payload", JsonType::Text),
+        ],
+    );
+    // JSON has no bytes: the payload travels as hex, decoded in SQL
+    let payload = match engine {
+        Engine::Postgres => "decode(r.payload, 'hex')",
+        Engine::Sqlite => "unhex(r.payload)",
+    };
+    let json = serde_json::Value::Array(
+        envelopes
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "event_id": e.event_id, "event_type": e.event_type,
+                    "ordering_key": super::ordering_key(e),
+                    "payload": hex::encode(e.encode_to_vec()),
+                })
+            })
+            .collect(),
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO outbox (event_id, event_type, ordering_key, payload, created_at) \
+         SELECT r.event_id, r.event_type, r.ordering_key, {payload}, $1 FROM {rows}"
+    )))
+    .bind(now_micros())
+    .bind(json.to_string())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
