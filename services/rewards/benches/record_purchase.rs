@@ -7,7 +7,8 @@
 //! `LOYALTY_TEST_POSTGRES_URL` set for the PostgreSQL figures. Knobs:
 //! `BENCH_SECONDS` (10; 0 skips RecordPurchase), `BENCH_CONCURRENCY` (64), `BENCH_ENGINES`
 //! (`sqlite,postgres`), `BENCH_EXPIRY_LOTS` (10000000; 0 skips),
-//! `BENCH_EXPIRY_MEMBERS` (100000). `LOYALTY_REWARDS_GROUP_COMMIT=off`
+//! `BENCH_EXPIRY_MEMBERS` (100000). `LOYALTY_REWARDS_PURCHASE_WRITERS` sets the
+//! writers (8). `LOYALTY_REWARDS_GROUP_COMMIT=off`
 //! measures one transaction per call instead of group commits.
 
 use std::sync::Arc;

@@ -35,18 +35,25 @@ use crate::validation::require_id as check_id;
 /// Adds every gRPC service of the rewards service to `server`.
 pub(crate) fn register(rt: Arc<ServiceRuntime>, server: &mut GrpcServer) {
     crate::engagement::register(&rt, server);
-    // RecordPurchase coalesces concurrent purchases into group commits, one
-    // writer per ledger lane of a program (a lane's writes are ordered by
-    // its head anyway, and a batch holding one lane of a program never
-    // waits for a transfer holding another: no deadlock). The lanes of a
-    // program thus commit in parallel, each on its own connection.
+    // RecordPurchase coalesces concurrent purchases into group commits, by
+    // default one writer per ledger lane of a program (a lane's writes are
+    // ordered by its head anyway), so the lanes of a program commit in
+    // parallel, each on its own connection. A batch locks all its lanes at
+    // once in ascending order, like every writer holding several lanes, so
+    // fewer writers than lanes cannot deadlock either.
     // LOYALTY_REWARDS_GROUP_COMMIT=off gives each call its own transaction
-    // (for comparisons in benchmarks).
+    // (for comparisons in benchmarks); LOYALTY_REWARDS_PURCHASE_WRITERS sets
+    // the writers (connections committing purchases in parallel).
+    let writers = std::env::var(WRITERS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|w| *w > 0)
+        .unwrap_or(ledger_lanes::DEFAULT_LANES as usize);
     let committer = (std::env::var(GROUP_COMMIT_ENV).as_deref() != Ok("off")).then(|| {
         Arc::new(GroupCommitter::new(
             rt.db.clone(),
             GroupCommitSettings {
-                writers: ledger_lanes::DEFAULT_LANES as usize,
+                writers,
                 ..GroupCommitSettings::default()
             },
         ))
@@ -61,6 +68,9 @@ pub(crate) fn register(rt: Arc<ServiceRuntime>, server: &mut GrpcServer) {
 
 /// Set to `off` to give every RecordPurchase its own transaction.
 pub const GROUP_COMMIT_ENV: &str = "LOYALTY_REWARDS_GROUP_COMMIT";
+/// Writers committing purchases in parallel on PostgreSQL (default: one per
+/// ledger lane, 8).
+pub const WRITERS_ENV: &str = "LOYALTY_REWARDS_PURCHASE_WRITERS";
 
 const LIMITS: PageLimits = crate::validation::PAGE_LIMITS;
 const MAX_POINTS: i64 = 1_000_000_000;

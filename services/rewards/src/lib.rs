@@ -14,7 +14,7 @@ mod jobs;
 mod store;
 mod validation;
 
-pub use grpc::GROUP_COMMIT_ENV;
+pub use grpc::{GROUP_COMMIT_ENV, WRITERS_ENV};
 use loyalty_common::db::Migrations;
 use loyalty_common::runtime::ServiceDef;
 

@@ -276,6 +276,19 @@ where
 {
     let mut results: Vec<Option<Result<pb::RecordPurchaseResponse, ServiceError>>> =
         inputs.iter().map(|_| None).collect();
+    // the members' lane heads order every writer of those members: a
+    // concurrent duplicate of an order waits here and then sees it
+    // recorded (a duplicate order id for another member, in another lane,
+    // is caught by the insert). Every lane of the batch is locked at once,
+    // in ascending order, before any round: no round locks another later.
+    let mut lanes = lock_lanes(
+        tx,
+        inputs.iter().map(|p| {
+            let p: &PurchaseInput = p.borrow();
+            (p.program_id.as_str(), p.member_id.as_str())
+        }),
+    )
+    .await?;
     let mut todo: Vec<usize> = (0..inputs.len()).collect();
     while !todo.is_empty() {
         let mut members = HashSet::new();
@@ -294,7 +307,7 @@ where
                 round.push((i, p));
             }
         }
-        record_round(tx, db, &round, now, emit, &mut results).await?;
+        record_round(tx, db, &mut lanes, &round, now, emit, &mut results).await?;
         todo = later;
     }
     Ok(results
@@ -319,22 +332,12 @@ struct Earning<'a> {
 async fn record_round(
     tx: &mut Tx,
     db: &str,
+    lanes: &mut LockedLanes,
     round: &[(usize, &PurchaseInput)],
     now: DateTime<Utc>,
     emit: bool,
     results: &mut [Option<Result<pb::RecordPurchaseResponse, ServiceError>>],
 ) -> Result<(), ServiceError> {
-    // the members' lane heads order every writer of those members: a
-    // concurrent duplicate of an order waits here and then sees it
-    // recorded (a duplicate order id for another member, in another lane,
-    // is caught by the insert below)
-    let mut lanes = lock_lanes(
-        tx,
-        round
-            .iter()
-            .map(|(_, p)| (p.program_id.as_str(), p.member_id.as_str())),
-    )
-    .await?;
     let recorded = recorded_orders(tx, round).await?;
     let mut live = Vec::with_capacity(round.len());
     for &(index, input) in round {
@@ -395,7 +398,7 @@ async fn record_round(
             entry_id,
         });
     }
-    let events = credit_earnings(tx, &mut lanes, &earnings).await?;
+    let events = credit_earnings(tx, lanes, &earnings).await?;
     let awards: Vec<_> = earnings
         .iter()
         .map(|e| {
