@@ -130,7 +130,7 @@ pub(crate) async fn handle(
             "-",
         );
     };
-    let principal = match admit(&gw, req.headers()) {
+    let principal = match admit(&gw, req.headers()).await {
         Ok(p) => p,
         Err(e) => return tag(e.into_response_with(rid), &label, "-"),
     };
