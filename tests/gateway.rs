@@ -507,7 +507,13 @@ async fn openapi_documents_every_route_and_the_docs_page_lists_them() {
     let schemas = &doc["components"]["schemas"];
     let mut checked = 0;
     for (path, ops) in doc["paths"].as_object().unwrap() {
-        assert!(html.contains(path.as_str()), "{path} missing from /docs");
+        for (verb, op) in ops.as_object().unwrap() {
+            // listed as "GET /v1/...", with its own section
+            let line = format!("<code>{} {path}</code>", verb.to_ascii_uppercase());
+            assert!(html.contains(&line), "{line} missing from /docs");
+            let id = op["operationId"].as_str().unwrap();
+            assert!(html.contains(&format!("<section class=\"op\" id=\"{id}\">")));
+        }
         let Some(op) = ops.get("get") else { continue };
         if path.contains('{') {
             continue;

@@ -157,7 +157,7 @@ impl Gateway {
             settings.staff_jwt.as_ref(),
         )?;
         let openapi = openapi::document(&routes);
-        let docs = openapi::docs_page(&routes);
+        let docs = openapi::docs_page(&openapi);
         let upstreams = Upstreams::new(addrs, settings.health_interval)?;
         Ok(Self(Arc::new(Inner {
             upstreams,
