@@ -429,17 +429,26 @@ fn prose(text: &str) -> String {
     escape(&text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
-/// The rows of a message's fields: name, type, description.
-fn field_rows(schema: &Value) -> String {
+/// The rows of the fields of the message `name`: name, type, description.
+/// A field of a message type is a bare `$ref` in the document (OpenAPI 3.0
+/// ignores a reference's siblings), so its comment is read from the
+/// descriptor.
+fn field_rows(name: &str, schema: &Value) -> String {
+    let message = loyalty_proto::descriptor_pool().get_message_by_name(name);
     let mut rows = String::new();
     if let Some(props) = schema["properties"].as_object() {
-        for (name, f) in props {
+        for (field, f) in props {
+            let said = f["description"].as_str().map(str::to_owned).or_else(|| {
+                let m = message.as_ref()?;
+                let fd = m.fields().find(|x| x.json_name() == field)?;
+                comment(&m.parent_file(), fd.path())
+            });
             let _ = writeln!(
                 rows,
                 "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-                escape(name),
+                escape(field),
                 type_html(f),
-                prose(f["description"].as_str().unwrap_or_default())
+                prose(said.as_deref().unwrap_or_default())
             );
         }
     }
@@ -455,7 +464,7 @@ fn payload_html(schema: &Value, schemas: &Value) -> String {
         return format!("<p>{}</p>", type_html(schema));
     };
     let def = &schemas[name];
-    let rows = field_rows(def);
+    let rows = field_rows(name, def);
     if rows.is_empty() {
         return format!("<p>{} (no fields)</p>", type_html(schema));
     }
@@ -590,7 +599,7 @@ pub fn docs_page(doc: &Value) -> String {
         if let Some(d) = def["description"].as_str() {
             let _ = write!(types, "<p>{}</p>", prose(d));
         }
-        let rows = field_rows(def);
+        let rows = field_rows(name, def);
         if rows.is_empty() {
             types.push_str("<p>No fields.</p>");
         } else {
@@ -618,6 +627,7 @@ RFC 3339 timestamps, enums by name. The machine-readable document is <a href=\"/
 or <code>x-api-key: lk_&lt;key_id&gt;_&lt;secret&gt;</code> (a backend key of one program). \
 Every <code>program_id</code> in a request must be the caller's program and a member may only name themselves; \
 a refusal is <code>403 PERMISSION_DENIED</code> whether or not the object exists. \
+<b>Who may call</b> below is the gateway's rule; a service may require more of a caller (e.g. a role for one operation). \
 Calls are rate-limited per caller: <code>429</code> with <code>Retry-After</code>.</p>\
 <h2 id=\"errors\">Errors</h2>\
 <p>An error is JSON: <code>code</code> (the gRPC code name, e.g. <code>INVALID_ARGUMENT</code>), <code>message</code>, \
@@ -798,7 +808,7 @@ mod tests {
         assert!(op.contains("Request body (JSON)"), "{op}");
         assert!(op.contains("externalId"), "{op}");
         assert!(op.contains("Answer (200, JSON)"), "{op}");
-        assert!(op.contains("member Member"), "{op}");
+        assert!(op.contains("member Member The member."), "{op}");
         assert!(
             op.contains("gRPC: loyalty.membership.v1.MembershipService.EnrollMember"),
             "{op}"
