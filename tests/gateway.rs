@@ -306,6 +306,24 @@ async fn two_gateways_share_one_rate_limit_in_redis() {
     let member = [bearer(&member_token(PROGRAM, "m9"))];
     assert_eq!(get(a.http, path, &member).await.status, 200);
     assert_eq!(get(b.http, path, &member).await.status, 200);
+    // the script is atomic: 20 calls at once through both replicas, 4 pass
+    let racer = [bearer(&member_token(PROGRAM, "m7"))];
+    let calls = (0..20).map(|i| {
+        let gw = if i % 2 == 0 { a.http } else { b.http };
+        let racer = racer.clone();
+        async move { get(gw, path, &racer).await.status }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        16,
+        "{statuses:?}"
+    );
     // the buckets are in Redis, under the prefix, and expire
     let target: loyalty_common::config::RedisTarget = url.parse().unwrap();
     let tcp = tokio::net::TcpStream::connect(&target.addr).await.unwrap();
@@ -328,7 +346,11 @@ async fn two_gateways_share_one_rate_limit_in_redis() {
     keys.sort();
     assert_eq!(
         keys,
-        [format!("{prefix}k:pos"), format!("{prefix}m:{PROGRAM}:m9")]
+        [
+            format!("{prefix}k:pos"),
+            format!("{prefix}m:{PROGRAM}:m7"),
+            format!("{prefix}m:{PROGRAM}:m9")
+        ]
     );
     for k in &keys {
         let Reply::Int(ttl) = redis(&mut conn, &["PTTL", k]).await else {

@@ -56,6 +56,8 @@ const TIMEOUT: Duration = Duration::from_millis(200);
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// Idle connections kept.
 const POOL: usize = 16;
+/// Connections open at once (more callers wait, within [`TIMEOUT`]).
+const MAX_CONNECTIONS: usize = 64;
 
 /// A RESP2 reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +244,7 @@ pub struct SharedLimiter {
     rate: String,
     burst: String,
     idle: Mutex<Vec<Conn>>,
+    in_use: tokio::sync::Semaphore,
     /// Set while Redis is failing: when it is tried again.
     down_until: Mutex<Option<Instant>>,
     /// Whether the fall-back was logged (once per outage).
@@ -267,6 +270,7 @@ impl SharedLimiter {
             rate: format!("{rate}"),
             burst: burst.max(1).to_string(),
             idle: Mutex::new(Vec::new()),
+            in_use: tokio::sync::Semaphore::new(MAX_CONNECTIONS),
             down_until: Mutex::new(None),
             logged: AtomicBool::new(false),
         }
@@ -287,6 +291,11 @@ impl SharedLimiter {
         }
         let full_key = format!("{}{key}", self.prefix);
         let result = tokio::time::timeout(TIMEOUT, async {
+            let _permit = self
+                .in_use
+                .acquire()
+                .await
+                .map_err(|_| std::io::Error::other("limiter closed"))?;
             let pooled = self
                 .idle
                 .lock()
