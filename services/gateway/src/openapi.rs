@@ -82,6 +82,19 @@ impl Schemas {
         if let Some(c) = comment(&msg.parent_file(), msg.path()) {
             s["description"] = json!(c);
         }
+        // a oneof takes at most one of its fields: no two of them together
+        let mut pairs = Vec::new();
+        for oneof in msg.oneofs().filter(|o| !o.is_synthetic()) {
+            let names: Vec<String> = oneof.fields().map(|f| f.json_name().to_owned()).collect();
+            for (i, a) in names.iter().enumerate() {
+                for b in &names[i + 1..] {
+                    pairs.push(json!({"required": [a, b]}));
+                }
+            }
+        }
+        if !pairs.is_empty() {
+            s["not"] = json!({"anyOf": pairs});
+        }
         s
     }
 
@@ -455,6 +468,45 @@ fn field_rows(name: &str, schema: &Value) -> String {
     rows
 }
 
+/// "At most one of a, b." for each oneof of a message schema (its `not`
+/// lists the pairs of fields that may not be set together).
+fn oneof_note(def: &Value) -> String {
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    for pair in def["not"]["anyOf"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+    {
+        let names: Vec<String> = pair["required"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect();
+        match groups
+            .iter_mut()
+            .find(|g| names.iter().any(|n| g.contains(n)))
+        {
+            Some(g) => {
+                for n in names {
+                    if !g.contains(&n) {
+                        g.push(n);
+                    }
+                }
+            }
+            None => groups.push(names),
+        }
+    }
+    let mut out = String::new();
+    for g in &groups {
+        let names: Vec<String> = g
+            .iter()
+            .map(|n| format!("<code>{}</code>", escape(n)))
+            .collect();
+        let _ = write!(out, "<p>At most one of {}.</p>", names.join(", "));
+    }
+    out
+}
+
 const FIELDS_HEAD: &str = "<tr><th>Field</th><th>Type</th><th>Description</th></tr>";
 
 /// What a body or an answer holds: its type, and its fields when it is a
@@ -469,8 +521,9 @@ fn payload_html(schema: &Value, schemas: &Value) -> String {
         return format!("<p>{} (no fields)</p>", type_html(schema));
     }
     format!(
-        "<p>{}</p><table>{FIELDS_HEAD}\n{rows}</table>",
-        type_html(schema)
+        "<p>{}</p>{}<table>{FIELDS_HEAD}\n{rows}</table>",
+        type_html(schema),
+        oneof_note(def)
     )
 }
 
@@ -599,6 +652,7 @@ pub fn docs_page(doc: &Value) -> String {
         if let Some(d) = def["description"].as_str() {
             let _ = write!(types, "<p>{}</p>", prose(d));
         }
+        types.push_str(&oneof_note(def));
         let rows = field_rows(name, def);
         if rows.is_empty() {
             types.push_str("<p>No fields.</p>");
@@ -688,6 +742,17 @@ mod tests {
         }
         let schemas = &doc["components"]["schemas"];
         assert!(schemas["Error"].is_object());
+        // a oneof allows at most one of its fields
+        let rule = &schemas["loyalty.rewards.v1.EarningRule"];
+        assert_eq!(
+            rule["not"],
+            json!({"anyOf": [{"required": ["purchase", "behaviour"]}]})
+        );
+        assert!(
+            schemas["loyalty.common.v1.ServiceInfo"]
+                .get("not")
+                .is_none()
+        );
         let info = &schemas["loyalty.common.v1.ServiceInfo"]["properties"];
         assert_eq!(info["schemaVersion"]["type"], "string");
         assert_eq!(info["storageEngine"]["type"], "string");
@@ -834,5 +899,14 @@ mod tests {
         }
         assert!(text.contains("Member home") || text.contains("member home"));
         assert!(!html.contains("<script"));
+        let start = html
+            .find("id=\"type-loyalty-rewards-v1-EarningRule\"")
+            .unwrap();
+        let end = start + html[start..].find("</section>").unwrap();
+        let rule = text_of(&html[start..end]);
+        assert!(
+            rule.contains("At most one of purchase, behaviour."),
+            "{rule}"
+        );
     }
 }
