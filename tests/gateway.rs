@@ -203,6 +203,29 @@ async fn rate_limits_answer_429_with_retry_after_per_principal() {
     // another principal has its own bucket
     let r = get(suite.http, path, &[bearer(&member_token(PROGRAM, "m9"))]).await;
     assert_eq!(r.status, 200);
+    // gRPC callers share the bucket and get RESOURCE_EXHAUSTED with retry-after
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", suite.http))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(GetServiceInfoRequest {});
+    req.metadata_mut()
+        .insert("x-api-key", POS_KEY.parse().unwrap());
+    let err = RewardsServiceClient::new(channel)
+        .get_service_info(req)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    let retry: u64 = err
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
     suite.stop().await;
 }
 
