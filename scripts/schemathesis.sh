@@ -66,7 +66,7 @@ config=scripts/schemathesis.toml
 # every program id and member id the document has must be pinned
 python3 scripts/schemathesis_pins.py "$data/openapi.json" "$config"
 
-# program "dev" and one member (both idempotent)
+# program "dev" (idempotent)
 call() { # method path body
   curl -sS -X "$1" "$base$2" -H "x-api-key: $LOYALTY_FUZZ_ADMIN_KEY" \
     -H 'content-type: application/json' --data "$3" -o "$data/answer.json" -w '%{http_code}'
@@ -76,9 +76,33 @@ status=$(call POST /v1/programs '{"program": {"programId": "dev", "name": "Fuzzi
   {"code": "GOLD", "name": "Gold", "threshold": "100000"}], "qualifyingMetric": "QUALIFYING_METRIC_SPEND",
   "qualifyingWindow": {"rollingMonths": 12}, "evaluationPolicy": {"anniversaryMonths": 12}}}')
 [ "$status" = 200 ] || { echo "creating program dev: $status $(cat "$data/answer.json")" >&2; exit 1; }
-status=$(call POST /v1/programs/dev/members '{"externalId": "fuzz-member", "enrolmentChannel": "app"}')
-[ "$status" = 200 ] || { echo "enrolling the member: $status $(cat "$data/answer.json")" >&2; exit 1; }
-LOYALTY_FUZZ_MEMBER_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["member"]["memberId"])' "$data/answer.json")
+# one of each resource other operations address, so that they find it
+# instead of answering 404 (ids pinned in schemathesis.toml)
+make() { # what method path body [json path of the id]
+  local what=$1 status
+  status=$(call "$2" "$3" "$4")
+  [ "$status" = 200 ] || { echo "creating the $what: $status $(cat "$data/answer.json")" >&2; exit 1; }
+  [ -z "${5:-}" ] || python3 -c 'import json,sys
+v = json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."): v = v[k]
+print(v)' "$data/answer.json" "$5"
+}
+export LOYALTY_FUZZ_ITEM_ID LOYALTY_FUZZ_POOL_ID LOYALTY_FUZZ_REDEMPTION_ID
+LOYALTY_FUZZ_MEMBER_ID=$(make member POST /v1/programs/dev/members \
+  '{"externalId": "fuzz-member", "enrolmentChannel": "app"}' member.memberId)
+make points POST "/v1/programs/dev/members/$LOYALTY_FUZZ_MEMBER_ID:adjust" \
+  '{"points": "100000", "reason": "fuzzing", "idempotencyKey": "fuzz-points"}'
+LOYALTY_FUZZ_ITEM_ID=$(make "catalog item" POST /v1/programs/dev/catalog/items \
+  '{"item": {"kind": "CATALOG_ITEM_KIND_GOODS", "name": "Tea cup", "pointsCost": "100",
+  "unlimitedStock": true, "active": true}, "idempotencyKey": "fuzz-item"}' item.itemId)
+LOYALTY_FUZZ_REDEMPTION_ID=$(make redemption POST "/v1/programs/dev/members/$LOYALTY_FUZZ_MEMBER_ID/redemptions" \
+  "{\"itemId\": \"$LOYALTY_FUZZ_ITEM_ID\", \"quantity\": \"1\", \"idempotencyKey\": \"fuzz-redeem\"}" redemption.redemptionId)
+LOYALTY_FUZZ_POOL_ID=$(make "coupon pool" POST /v1/programs/dev/coupon-pools \
+  '{"pool": {"name": "Welcome", "description": "5 off", "discount": {"minorUnits": "500", "currency": "CNY"},
+  "validDays": 30, "maxIssued": "1000"}, "idempotencyKey": "fuzz-pool"}' pool.poolId)
+make group POST /v1/programs/dev/groups '{"groupId": "fuzz-group", "name": "Fuzzing"}'
+make segment POST /v1/programs/dev/segments '{"segmentId": "fuzz-segment", "name": "Green",
+  "rule": {"condition": {"field": "SEGMENT_FIELD_TIER", "operator": "SEGMENT_OPERATOR_EQ", "text": "GREEN"}}}'
 
 "$venv/bin/schemathesis" --config-file "$config" run "$base/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
