@@ -87,7 +87,7 @@ v = json.load(open(sys.argv[1]))
 for k in sys.argv[2].split("."): v = v[k]
 print(v)' "$data/answer.json" "$5"
 }
-export LOYALTY_FUZZ_ITEM_ID LOYALTY_FUZZ_POOL_ID LOYALTY_FUZZ_REDEMPTION_ID
+export LOYALTY_FUZZ_ITEM_ID LOYALTY_FUZZ_POOL_ID LOYALTY_FUZZ_REDEMPTION_ID LOYALTY_FUZZ_RULE_ID
 LOYALTY_FUZZ_MEMBER_ID=$(make member POST /v1/programs/dev/members \
   '{"externalId": "fuzz-member", "enrolmentChannel": "app"}' member.memberId)
 make points POST "/v1/programs/dev/members/$LOYALTY_FUZZ_MEMBER_ID:adjust" \
@@ -100,6 +100,8 @@ LOYALTY_FUZZ_REDEMPTION_ID=$(make redemption POST "/v1/programs/dev/members/$LOY
 LOYALTY_FUZZ_POOL_ID=$(make "coupon pool" POST /v1/programs/dev/coupon-pools \
   '{"pool": {"name": "Welcome", "description": "5 off", "discount": {"minorUnits": "500", "currency": "CNY"},
   "validDays": 30, "maxIssued": "1000"}, "idempotencyKey": "fuzz-pool"}' pool.poolId)
+LOYALTY_FUZZ_RULE_ID=$(make "earning rule" POST /v1/programs/dev/earning-rules \
+  '{"name": "Fuzz bonus", "enabled": true, "purchase": {"condition": {}, "fixedPoints": "10"}}' rule.ruleId)
 make group POST /v1/programs/dev/groups '{"groupId": "fuzz-group", "name": "Fuzzing"}'
 make segment POST /v1/programs/dev/segments '{"segmentId": "fuzz-segment", "name": "Green",
   "rule": {"condition": {"field": "SEGMENT_FIELD_TIER", "operator": "SEGMENT_OPERATOR_EQ", "text": "GREEN"}}}'
