@@ -184,9 +184,9 @@ pub fn reason_str(reason: ErrorReason) -> &'static str {
 /// takes three): a status over the cap never arrives, the caller sees a
 /// protocol error. So a status carries at most this many violations, each
 /// field and description and the message cut to these many bytes.
-const MAX_VIOLATIONS: usize = 10;
+const MAX_VIOLATIONS: usize = 20;
 const MAX_FIELD_BYTES: usize = 100;
-const MAX_DESCRIPTION_BYTES: usize = 200;
+const MAX_DESCRIPTION_BYTES: usize = 150;
 const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// `s` cut to at most `max` bytes on a character boundary, `…` marking a cut.
