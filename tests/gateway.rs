@@ -203,7 +203,187 @@ async fn rate_limits_answer_429_with_retry_after_per_principal() {
     // another principal has its own bucket
     let r = get(suite.http, path, &[bearer(&member_token(PROGRAM, "m9"))]).await;
     assert_eq!(r.status, 200);
+    // gRPC callers share the bucket and get RESOURCE_EXHAUSTED with retry-after
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", suite.http))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(GetServiceInfoRequest {});
+    req.metadata_mut()
+        .insert("x-api-key", POS_KEY.parse().unwrap());
+    let err = RewardsServiceClient::new(channel)
+        .get_service_info(req)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    let retry: u64 = err
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
     suite.stop().await;
+}
+
+/// A gateway alone (no services of its own) forwarding to `upstream`'s
+/// listener, with `extra` settings; ready once its probes found the services.
+async fn second_gateway(upstream: &Suite, extra: &[(&str, &str)]) -> Suite {
+    let grpc = format!("http://{}", upstream.grpc.unwrap());
+    let mut all: Vec<(&str, &str)> = extra.to_vec();
+    for addr in [
+        "membership_addr",
+        "rewards_addr",
+        "feedback_addr",
+        "retention_addr",
+    ] {
+        all.push((addr, grpc.as_str()));
+    }
+    let gw = Suite::start_selection(&all, Selection::one("gateway").unwrap()).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    while get(gw.http, "/readyz", &[]).await.status != 200 {
+        assert!(
+            Instant::now() < until,
+            "the second gateway never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_falls_back_to_the_replicas_own_limit() {
+    // a port nothing listens on
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("redis://{closed}");
+    let suite = Suite::start(&[
+        ("gateway_rate_limit", "1/m"),
+        ("gateway_rate_burst", "3"),
+        ("gateway_rate_limit_redis", url.as_str()),
+    ])
+    .await;
+    // requests never fail because of Redis, and the limit still holds
+    for i in 0..3 {
+        let r = get(suite.http, "/v1/rewards/info", &[api_key()]).await;
+        assert_eq!(r.status, 200, "call {i}");
+    }
+    let r = get(suite.http, "/v1/rewards/info", &[api_key()]).await;
+    assert_eq!(r.status, 429);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    suite.stop().await;
+}
+
+/// Sends one command to Redis and reads the reply.
+async fn redis(
+    conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    args: &[&str],
+) -> loyalty_gateway::shared_limit::Reply {
+    use tokio::io::AsyncWriteExt;
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    conn.get_mut()
+        .write_all(&loyalty_gateway::shared_limit::encode(&args))
+        .await
+        .unwrap();
+    loyalty_gateway::shared_limit::read_reply(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs Redis: LOYALTY_TEST_REDIS_URL"]
+async fn two_gateways_share_one_rate_limit_in_redis() {
+    use loyalty_gateway::shared_limit::Reply;
+    let url = redis_url();
+    // this test's own keys: runs never share buckets
+    let prefix = format!("loyalty-test:{}:", uuid::Uuid::new_v4().simple());
+    let limits = [
+        ("gateway_rate_limit", "1/m"),
+        ("gateway_rate_burst", "4"),
+        ("gateway_rate_limit_redis", url.as_str()),
+        ("gateway_rate_limit_redis_prefix", prefix.as_str()),
+    ];
+    let a = Suite::start(&limits).await;
+    let b = second_gateway(&a, &limits).await;
+    let path = "/v1/rewards/info";
+    // alone, each replica would allow 4: together they allow 4
+    for i in 0..4 {
+        let gw = if i % 2 == 0 { a.http } else { b.http };
+        let r = get(gw, path, &[api_key()]).await;
+        assert_eq!(r.status, 200, "call {i}");
+    }
+    for gw in [a.http, b.http] {
+        let r = get(gw, path, &[api_key()]).await;
+        assert_eq!(r.status, 429);
+        assert_eq!(r.json()["code"], "RESOURCE_EXHAUSTED");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+    }
+    // another principal has its own bucket, on both replicas
+    let member = [bearer(&member_token(PROGRAM, "m9"))];
+    assert_eq!(get(a.http, path, &member).await.status, 200);
+    assert_eq!(get(b.http, path, &member).await.status, 200);
+    // the script is atomic: 20 calls at once through both replicas, 4 pass
+    let racer = [bearer(&member_token(PROGRAM, "m7"))];
+    let calls = (0..20).map(|i| {
+        let gw = if i % 2 == 0 { a.http } else { b.http };
+        let racer = racer.clone();
+        async move { get(gw, path, &racer).await.status }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        16,
+        "{statuses:?}"
+    );
+    // the buckets are in Redis, under the prefix, and expire
+    let target: loyalty_common::config::RedisTarget = url.parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(&target.addr).await.unwrap();
+    let mut conn = tokio::io::BufReader::new(tcp);
+    if let Some(pw) = &target.password {
+        let user = target.username.clone().unwrap_or_else(|| "default".into());
+        redis(&mut conn, &["AUTH", &user, pw]).await;
+    }
+    redis(&mut conn, &["SELECT", &target.db.to_string()]).await;
+    let Reply::Array(Some(keys)) = redis(&mut conn, &["KEYS", &format!("{prefix}*")]).await else {
+        panic!("KEYS answered no array");
+    };
+    let mut keys: Vec<String> = keys
+        .into_iter()
+        .map(|k| match k {
+            Reply::Bulk(Some(k)) => String::from_utf8(k).unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            format!("{prefix}k:pos"),
+            format!("{prefix}m:{PROGRAM}:m7"),
+            format!("{prefix}m:{PROGRAM}:m9")
+        ]
+    );
+    for k in &keys {
+        let Reply::Int(ttl) = redis(&mut conn, &["PTTL", k]).await else {
+            panic!("PTTL");
+        };
+        assert!(ttl > 0 && ttl <= 5 * 60_000, "{k}: {ttl}");
+        redis(&mut conn, &["DEL", k]).await;
+    }
+    b.stop().await;
+    a.stop().await;
 }
 
 #[tokio::test]
@@ -372,7 +552,13 @@ async fn openapi_documents_every_route_and_the_docs_page_lists_them() {
     let schemas = &doc["components"]["schemas"];
     let mut checked = 0;
     for (path, ops) in doc["paths"].as_object().unwrap() {
-        assert!(html.contains(path.as_str()), "{path} missing from /docs");
+        for (verb, op) in ops.as_object().unwrap() {
+            // listed as "GET /v1/...", with its own section
+            let line = format!("<code>{} {path}</code>", verb.to_ascii_uppercase());
+            assert!(html.contains(&line), "{line} missing from /docs");
+            let id = op["operationId"].as_str().unwrap();
+            assert!(html.contains(&format!("<section class=\"op\" id=\"{id}\">")));
+        }
         let Some(op) = ops.get("get") else { continue };
         if path.contains('{') {
             continue;

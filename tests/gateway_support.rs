@@ -122,6 +122,15 @@ impl Suite {
     }
 }
 
+/// The Redis of the shared rate-limit tests.
+pub const REDIS_ENV: &str = "LOYALTY_TEST_REDIS_URL";
+
+pub fn redis_url() -> String {
+    std::env::var(REDIS_ENV).unwrap_or_else(|_| {
+        panic!("{REDIS_ENV} is not set: this test needs Redis, e.g. redis://127.0.0.1:6379")
+    })
+}
+
 /// Four fresh databases `loyalty_test_<id>_<service>`; the URL template.
 pub async fn postgres_databases() -> String {
     use sqlx::Connection;

@@ -163,6 +163,14 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "gateway: token-bucket size per principal [default: twice the per-second rate, at least 10]",
     ),
     (
+        "gateway_rate_limit_redis",
+        "gateway: redis://[user:password@]host:port[/db] of a Redis (or Valkey) shared by the gateway replicas, so that the rate limit holds across all of them; unreachable, each replica limits on its own until it is back [default: none, per replica]",
+    ),
+    (
+        "gateway_rate_limit_redis_prefix",
+        "gateway: prefix of the shared limiter's Redis keys [default: loyalty:ratelimit:]",
+    ),
+    (
         "gateway_body_limit",
         "gateway: largest request body in bytes (suffix k or m allowed) [default: 64k]",
     ),
@@ -412,6 +420,11 @@ pub struct GatewaySettings {
     /// Requests per second per principal; 0.0 means no limit.
     pub rate_per_second: f64,
     pub rate_burst: u32,
+    /// The Redis holding the token buckets of all replicas (None: each
+    /// replica limits on its own).
+    pub rate_limit_redis: Option<RedisTarget>,
+    /// Prefix of the shared limiter's keys.
+    pub rate_limit_redis_prefix: String,
     pub body_limit: usize,
     pub page_size_max: i64,
     /// Allowed CORS origins (`*` allows any); empty: no CORS headers.
@@ -421,6 +434,95 @@ pub struct GatewaySettings {
     pub route_deadlines: Vec<(String, Duration)>,
     pub home_deadline: Duration,
     pub health_interval: Duration,
+}
+
+/// A Redis server as `redis://[user:password@]host:port[/db]` names it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// `host:port` (port 6379 when not given).
+    pub addr: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: u32,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("addr", &self.addr)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .finish()
+    }
+}
+
+impl FromStr for RedisTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest = s.strip_prefix("redis://").ok_or_else(|| {
+            if s.starts_with("rediss://") {
+                "TLS (rediss://) is not supported; use redis:// on a private network".to_owned()
+            } else {
+                "must start with redis://".to_owned()
+            }
+        })?;
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((a, r)) => (Some(a), r),
+            None => (None, rest),
+        };
+        let (hostport, db) = match rest.split_once('/') {
+            Some((h, "")) => (h, 0),
+            Some((h, d)) => (
+                h,
+                d.parse::<u32>()
+                    .map_err(|_| format!("database {d:?} is not a number"))?,
+            ),
+            None => (rest, 0),
+        };
+        if hostport.is_empty() {
+            return Err("names no host".into());
+        }
+        let addr = match hostport.rsplit_once(':') {
+            // an IPv6 literal without a port: [::1]
+            Some((_, p)) if !hostport.ends_with(']') => {
+                p.parse::<u16>()
+                    .map_err(|_| format!("port {p:?} is not a number"))?;
+                hostport.to_owned()
+            }
+            _ => format!("{hostport}:6379"),
+        };
+        let decode = |v: &str| percent_decode(v).ok_or_else(|| "malformed %-escape".to_owned());
+        let (username, password) = match auth {
+            None => (None, None),
+            Some(a) => match a.split_once(':') {
+                Some((u, p)) => (Some(decode(u)?).filter(|u| !u.is_empty()), Some(decode(p)?)),
+                None => (Some(decode(a)?).filter(|u| !u.is_empty()), None),
+            },
+        };
+        Ok(Self {
+            addr,
+            username,
+            password,
+            db,
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(u8::from_str_radix(s.get(i + 1..i + 3)?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn comma_list(v: Option<String>) -> Vec<String> {
@@ -535,6 +637,11 @@ impl GatewaySettings {
             staff_jwt: jwt_issuer(src, "staff")?,
             rate_per_second,
             rate_burst: src.get_or("gateway_rate_burst", default_burst)?.max(1),
+            rate_limit_redis: src.get("gateway_rate_limit_redis")?,
+            rate_limit_redis_prefix: src.get_or(
+                "gateway_rate_limit_redis_prefix",
+                "loyalty:ratelimit:".to_owned(),
+            )?,
             body_limit,
             page_size_max,
             cors_origins: comma_list(src.get("gateway_cors_origins")?),
@@ -848,6 +955,46 @@ mod tests {
             err.to_string().contains("LOYALTY_GATEWAY_RATE_LIMIT"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn redis_targets_parse_without_echoing_passwords() {
+        let c = load(&[]).unwrap();
+        assert!(c.gateway.rate_limit_redis.is_none());
+        assert_eq!(c.gateway.rate_limit_redis_prefix, "loyalty:ratelimit:");
+        let c = load(&[
+            (
+                "LOYALTY_GATEWAY_RATE_LIMIT_REDIS",
+                "redis://127.0.0.1:6380/2",
+            ),
+            ("LOYALTY_GATEWAY_RATE_LIMIT_REDIS_PREFIX", "edge:"),
+        ])
+        .unwrap();
+        let r = c.gateway.rate_limit_redis.unwrap();
+        assert_eq!(r.addr, "127.0.0.1:6380");
+        assert_eq!((r.username, r.password, r.db), (None, None, 2));
+        assert_eq!(c.gateway.rate_limit_redis_prefix, "edge:");
+        let r: RedisTarget = "redis://gw:s%40cret@cache.internal".parse().unwrap();
+        assert_eq!(r.addr, "cache.internal:6379");
+        assert_eq!(r.username.as_deref(), Some("gw"));
+        assert_eq!(r.password.as_deref(), Some("s@cret"));
+        assert!(!format!("{r:?}").contains("cret"));
+        let r: RedisTarget = "redis://:pw@[::1]".parse().unwrap();
+        assert_eq!((r.addr.as_str(), r.username), ("[::1]:6379", None));
+        for bad in [
+            "rediss://h:6379",
+            "http://h",
+            "redis://",
+            "redis://h:x",
+            "redis://h/x",
+        ] {
+            assert!(bad.parse::<RedisTarget>().is_err(), "{bad}");
+        }
+        let err = load(&[("LOYALTY_GATEWAY_RATE_LIMIT_REDIS", "redis://:hunter2@h:x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LOYALTY_GATEWAY_RATE_LIMIT_REDIS"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -179,15 +179,54 @@ pub fn reason_str(reason: ErrorReason) -> &'static str {
         .unwrap_or("UNSPECIFIED")
 }
 
+/// A status travels in HTTP/2 headers, whose total size peers cap (16 KiB
+/// by default), and its message is percent-encoded there (a non-ASCII byte
+/// takes three): a status over the cap never arrives, the caller sees a
+/// protocol error. So a status carries at most this many violations, each
+/// field and description and the message cut to these many bytes.
+const MAX_VIOLATIONS: usize = 20;
+const MAX_FIELD_BYTES: usize = 100;
+const MAX_DESCRIPTION_BYTES: usize = 150;
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary, `…` marking a cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 impl From<ServiceError> for Status {
     fn from(err: ServiceError) -> Self {
         let mut details = ErrorDetails::new();
         let mut metadata = HashMap::new();
+        let mut message = err.to_string();
         match &err {
             ServiceError::InvalidArgument(violations) => {
-                for v in violations {
+                let kept: Vec<FieldViolation> = violations
+                    .iter()
+                    .take(MAX_VIOLATIONS)
+                    .map(|v| {
+                        FieldViolation::new(
+                            clip(&v.field, MAX_FIELD_BYTES),
+                            clip(&v.description, MAX_DESCRIPTION_BYTES),
+                        )
+                    })
+                    .collect();
+                for v in &kept {
                     details.add_bad_request_violation(v.field.clone(), v.description.clone());
                 }
+                let more = violations.len() - kept.len();
+                message = if more > 0 {
+                    format!("invalid request: {}; and {more} more", describe(&kept))
+                } else {
+                    format!("invalid request: {}", describe(&kept))
+                };
             }
             ServiceError::NotFound { resource, .. } => {
                 metadata.insert("resource".to_owned(), (*resource).to_owned());
@@ -207,7 +246,7 @@ impl From<ServiceError> for Status {
             _ => {}
         }
         details.set_error_info(reason_str(err.reason()), ERROR_DOMAIN, metadata);
-        Status::with_error_details(err.code(), err.to_string(), details)
+        Status::with_error_details(err.code(), clip(&message, MAX_MESSAGE_BYTES), details)
     }
 }
 
@@ -246,6 +285,37 @@ mod tests {
         assert_eq!(info.reason, "INVALID_ARGUMENT");
         assert_eq!(info.domain, ERROR_DOMAIN);
         assert!(status.message().contains("phone: not an E.164 number"));
+    }
+
+    #[test]
+    fn huge_invalid_input_still_fits_in_a_status() {
+        let mut v = Violations::new();
+        for i in 0..500 {
+            v.add(
+                format!("tiers[{i}].code{}", "\u{10437}".repeat(100)),
+                "é".repeat(1000),
+            );
+        }
+        let status: Status = v.finish().unwrap_err().into();
+        let details = status.get_error_details();
+        let bad = details.bad_request().unwrap();
+        assert_eq!(bad.field_violations.len(), MAX_VIOLATIONS);
+        assert!(bad.field_violations[0].field.starts_with("tiers[0].code"));
+        assert!(bad.field_violations[0].field.len() <= MAX_FIELD_BYTES);
+        assert!(bad.field_violations[0].description.len() <= MAX_DESCRIPTION_BYTES);
+        assert!(bad.field_violations[0].description.ends_with('…'));
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES);
+        // the whole status, as headers, stays well under a peer's 16 KiB
+        let mut headers = tonic::metadata::MetadataMap::new().into_headers();
+        status.add_header(&mut headers).unwrap();
+        let size: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        assert!(size < 12 * 1024, "{size}");
+        let status: Status = ServiceError::not_found("member", "x".repeat(100_000)).into();
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES);
+        assert!(status.message().starts_with("member xxx"));
     }
 
     #[test]

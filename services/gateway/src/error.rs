@@ -183,9 +183,16 @@ impl ApiError {
         resp
     }
 
-    /// The same error as a gRPC status (for gRPC and gRPC-Web callers).
+    /// The same error as a gRPC status (for gRPC and gRPC-Web callers),
+    /// with `retry-after` in its metadata when set.
     pub fn to_status(&self) -> tonic::Status {
-        tonic::Status::new(self.code, self.message.clone())
+        let mut md = tonic::metadata::MetadataMap::new();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = secs.to_string().parse()
+        {
+            md.insert("retry-after", v);
+        }
+        tonic::Status::with_metadata(self.code, self.message.clone(), md)
     }
 }
 

@@ -95,7 +95,7 @@ async fn forward(
         );
     };
     let ctx = ctx_from(req.headers(), req.extensions());
-    let principal = match admit(&gw, req.headers()) {
+    let principal = match admit(&gw, req.headers()).await {
         Ok(p) => p,
         Err(e) => return status_response(&e.to_status(), &label, "-"),
     };

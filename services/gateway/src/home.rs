@@ -130,7 +130,7 @@ pub(crate) async fn handle(
             "-",
         );
     };
-    let principal = match admit(&gw, req.headers()) {
+    let principal = match admit(&gw, req.headers()).await {
         Ok(p) => p,
         Err(e) => return tag(e.into_response_with(rid), &label, "-"),
     };
@@ -224,7 +224,8 @@ pub fn openapi_operation() -> (&'static str, Value) {
             "operationId": "Gateway_GetMemberHome",
             "tags": ["Gateway"],
             "summary": "The member home, assembled from the services within one deadline",
-            "description": "Each section carries its own status and degrades alone when its service is slow or down.",
+            "description": "Profile, tier progress, balance (with points expiring soon), coupons, badges, open surveys and tickets, fetched concurrently. Each section carries its own status and degrades alone when its service is slow or down.",
+            "x-access": "a member (their own home only), staff of any role, a backend API key",
             "parameters": [param("program_id"), param("member_id")],
             "responses": {
                 "200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MemberHome"}}}},

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod openapi;
 mod rest;
 pub mod rules;
+pub mod shared_limit;
 pub mod transcode;
 pub mod upstream;
 
@@ -103,7 +104,7 @@ pub(crate) struct Inner {
     pub methods: HashMap<String, (prost_reflect::MethodDescriptor, authz::RpcShape)>,
     pub auth: identity::Authenticator,
     pub minter: Minter,
-    pub limiter: limits::RateLimiter,
+    pub limiter: limits::Limiter,
     pub body_limit: usize,
     pub page_size_max: i64,
     pub deadlines: limits::Deadlines,
@@ -156,7 +157,7 @@ impl Gateway {
             settings.staff_jwt.as_ref(),
         )?;
         let openapi = openapi::document(&routes);
-        let docs = openapi::docs_page(&routes);
+        let docs = openapi::docs_page(&openapi);
         let upstreams = Upstreams::new(addrs, settings.health_interval)?;
         Ok(Self(Arc::new(Inner {
             upstreams,
@@ -164,7 +165,7 @@ impl Gateway {
             methods,
             auth,
             minter: Minter::new(secret.clone()),
-            limiter: limits::RateLimiter::new(settings.rate_per_second, settings.rate_burst),
+            limiter: limits::Limiter::new(settings),
             body_limit: settings.body_limit,
             page_size_max: settings.page_size_max,
             deadlines: limits::Deadlines::new(settings.deadline, settings.route_deadlines.clone()),

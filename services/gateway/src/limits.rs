@@ -52,6 +52,48 @@ impl RateLimiter {
     }
 }
 
+/// The rate limit of the gateway: the buckets in Redis shared by every
+/// replica when configured, else (and while Redis is unreachable) the
+/// replica's own.
+#[derive(Debug)]
+pub struct Limiter {
+    local: RateLimiter,
+    shared: Option<crate::shared_limit::SharedLimiter>,
+}
+
+impl Limiter {
+    pub fn new(settings: &loyalty_common::config::GatewaySettings) -> Self {
+        let (rate, burst) = (settings.rate_per_second, settings.rate_burst);
+        let shared = settings
+            .rate_limit_redis
+            .clone()
+            .filter(|_| rate > 0.0)
+            .map(|target| {
+                crate::shared_limit::SharedLimiter::new(
+                    target,
+                    settings.rate_limit_redis_prefix.clone(),
+                    rate,
+                    burst,
+                )
+            });
+        Self {
+            local: RateLimiter::new(rate, burst),
+            shared,
+        }
+    }
+
+    /// Takes one token for `key`, or says after how many seconds one will
+    /// be there.
+    pub async fn check(&self, key: &str) -> Result<(), u64> {
+        if let Some(shared) = &self.shared
+            && let Some(answer) = shared.check(key).await
+        {
+            return answer;
+        }
+        self.local.check(key)
+    }
+}
+
 /// Deadlines per RPC (full `pkg.Service.Method` or `Service.Method`).
 #[derive(Debug, Clone)]
 pub struct Deadlines {

@@ -34,9 +34,12 @@ fn finish(resp: Response, route: &str, principal: Option<&Principal>) -> Respons
 }
 
 /// Authenticates and rate-limits a request (shared with the home endpoint).
-pub(crate) fn admit(gw: &Gateway, headers: &axum::http::HeaderMap) -> Result<Principal, ApiError> {
+pub(crate) async fn admit(
+    gw: &Gateway,
+    headers: &axum::http::HeaderMap,
+) -> Result<Principal, ApiError> {
     let principal = gw.0.auth.authenticate(headers)?;
-    if let Err(secs) = gw.0.limiter.check(&principal_key(&principal)) {
+    if let Err(secs) = gw.0.limiter.check(&principal_key(&principal)).await {
         let mut e = ApiError::new(
             tonic::Code::ResourceExhausted,
             "rate limit reached; retry later",
@@ -101,7 +104,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request) -> Response {
         }
     };
     let label = format!("{} {}", route.verb, route.template.raw);
-    let principal = match admit(gw, &parts.headers) {
+    let principal = match admit(gw, &parts.headers).await {
         Ok(p) => p,
         Err(e) => return finish(e.into_response_with(rid), &label, None),
     };
