@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use loyalty_common::ServiceError;
-use loyalty_common::db::{JsonType, Tx, engine_of, json_rows};
+use loyalty_common::db::Tx;
 use loyalty_common::events::{new_envelope, outbox};
 use loyalty_common::jobs::{ChunkOutcome, Job, RunState};
 use loyalty_common::runtime::ServiceRuntime;
@@ -33,6 +33,8 @@ use crate::store::ledger_lanes::lock_lanes;
 
 /// Lots expired per chunk (one transaction).
 const CHUNK: i64 = 10_000;
+/// Members per multi-row statement of lot uses (3 bind parameters each).
+const ROWS: usize = 500;
 const REASON: &str = "expired by policy";
 
 /// The points expiry job, over every program (scheduled) or one
@@ -145,7 +147,12 @@ impl Job for PointsExpiry {
             .collect();
         let lots: i64 = losses.iter().map(|l| l.lots).sum();
         // which lots each entry takes, before they are emptied
-        let used = record_uses(tx, &chunk_sql, &self.scope, now, self.chunk, &losses).await?;
+        // (VALUES rows, not JSON ones: SQLite would plan the JSON rows as
+        // the inner side and parse them once per lot of the chunk)
+        let mut used = 0u64;
+        for part in losses.chunks(ROWS) {
+            used += record_uses(tx, &chunk_sql, &self.scope, now, self.chunk, part).await?;
+        }
         let update_sql = format!("UPDATE lots SET remaining = 0 WHERE lot_id IN ({chunk_sql})");
         let mut u = sqlx::query(sqlx::AssertSqlSafe(update_sql))
             .bind(now)
@@ -220,6 +227,26 @@ impl Job for PointsExpiry {
     }
 }
 
+/// `(v1, v2, …)` rows of `width` numbered parameters from `$first` on.
+fn values(rows: usize, width: usize, first: usize, casts: &[Option<&str>]) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols = (0..width)
+                .map(|c| {
+                    let n = first + r * width + c;
+                    match casts.get(c).copied().flatten() {
+                        Some(t) => format!("CAST(${n} AS {t})"),
+                        None => format!("${n}"),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({cols})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Records the chunk's lots of `part`'s members under each member's entry
 /// (`lot_uses`: lot, points it held); answers the rows written.
 async fn record_uses(
@@ -230,37 +257,23 @@ async fn record_uses(
     chunk: i64,
     part: &[Loss],
 ) -> Result<u64, ServiceError> {
-    // $1..$3 belong to the chunk's query, the members are $4
-    let m = json_rows(
-        engine_of(tx),
-        4,
-        "m",
-        &[
-            ("program_id", JsonType::Text),
-            ("member_id", JsonType::Text),
-            ("entry_id", JsonType::Text),
-        ],
-    );
+    // $1..$3 belong to the chunk's query, the members follow
+    let m = values(part.len(), 3, 4, &[]);
     let sql = format!(
-        "INSERT INTO lot_uses (entry_id, lot_id, points) \
+        "WITH m (program_id, member_id, entry_id) AS (VALUES {m}) \
+         INSERT INTO lot_uses (entry_id, lot_id, points) \
          SELECT m.entry_id, l.lot_id, l.remaining FROM lots l \
-         JOIN {m} ON l.program_id = m.program_id AND l.member_id = m.member_id \
+         JOIN m ON l.program_id = m.program_id AND l.member_id = m.member_id \
          WHERE l.lot_id IN ({chunk_sql})"
     );
-    let members = serde_json::Value::Array(
-        part.iter()
-            .map(|l| {
-                serde_json::json!({
-                    "program_id": l.program_id, "member_id": l.member_id, "entry_id": l.entry_id,
-                })
-            })
-            .collect(),
-    );
-    // $3 is bound either way so the members' number stays fixed
-    let q = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(now)
-        .bind(chunk)
-        .bind(scope.program_id().unwrap_or_default().to_owned())
-        .bind(members.to_string());
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(chunk);
+    // $3 is bound either way so the members' numbers stay fixed
+    q = q.bind(scope.program_id().unwrap_or_default().to_owned());
+    for l in part {
+        q = q
+            .bind(l.program_id.clone())
+            .bind(l.member_id.clone())
+            .bind(l.entry_id.clone());
+    }
     Ok(q.execute(&mut **tx).await?.rows_affected())
 }
