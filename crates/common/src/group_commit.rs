@@ -262,8 +262,7 @@ impl GroupCommitter {
         let job = Box::new(BulkJob {
             input,
             work: work.clone(),
-            outcome: None,
-            reply,
+            answer: Answer::new(reply),
         });
         self.send(writer, job, answer).await
     }
@@ -276,8 +275,7 @@ impl GroupCommitter {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Job {
             work,
-            outcome: None,
-            reply,
+            answer: Answer::new(reply),
         });
         self.send(writer, job, answer).await
     }
@@ -471,10 +469,59 @@ trait Pending: Send {
     fn as_any(&mut self) -> &mut dyn Any;
 }
 
-struct Job<T, F> {
-    work: F,
+/// A queued item's answer: kept while its batch runs, sent after.
+struct Answer<T> {
     outcome: Option<Result<T, ServiceError>>,
     reply: oneshot::Sender<Result<T, ServiceError>>,
+}
+
+impl<T> Answer<T> {
+    fn new(reply: oneshot::Sender<Result<T, ServiceError>>) -> Self {
+        Self {
+            outcome: None,
+            reply,
+        }
+    }
+
+    /// What a run's result makes of the attempt (keeping the result).
+    fn settle(&mut self, result: Result<T, ServiceError>) -> Attempt {
+        match result {
+            Ok(v) => {
+                self.outcome = Some(Ok(v));
+                Attempt::Done
+            }
+            Err(e) => {
+                if let Some(why) = transient(&e) {
+                    self.outcome = None;
+                    Attempt::Transient(why)
+                } else {
+                    self.outcome = Some(Err(e));
+                    Attempt::Refused
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, err: ServiceError) {
+        self.outcome = Some(Err(err));
+    }
+
+    fn send(self) {
+        let outcome = self
+            .outcome
+            .unwrap_or_else(|| Err(ServiceError::internal("group commit item was never run")));
+        // a caller that stopped waiting is no error: its work committed
+        let _ = self.reply.send(outcome);
+    }
+
+    fn fail(self, err: ServiceError) {
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+struct Job<T, F> {
+    work: F,
+    answer: Answer<T>,
 }
 
 impl<T, F> Pending for Job<T, F>
@@ -490,38 +537,20 @@ where
             let run = AssertUnwindSafe((self.work)(tx)).catch_unwind().await;
             let result =
                 run.unwrap_or_else(|_| Err(ServiceError::internal("group commit work panicked")));
-            match result {
-                Ok(v) => {
-                    self.outcome = Some(Ok(v));
-                    Attempt::Done
-                }
-                Err(e) => {
-                    if let Some(why) = transient(&e) {
-                        self.outcome = None;
-                        Attempt::Transient(why)
-                    } else {
-                        self.outcome = Some(Err(e));
-                        Attempt::Refused
-                    }
-                }
-            }
+            self.answer.settle(result)
         })
     }
 
     fn refuse(&mut self, err: ServiceError) {
-        self.outcome = Some(Err(err));
+        self.answer.refuse(err);
     }
 
     fn answer(self: Box<Self>) {
-        let outcome = self
-            .outcome
-            .unwrap_or_else(|| Err(ServiceError::internal("group commit item was never run")));
-        // a caller that stopped waiting is no error: its work committed
-        let _ = self.reply.send(outcome);
+        self.answer.send();
     }
 
     fn fail(self: Box<Self>, err: ServiceError) {
-        let _ = self.reply.send(Err(err));
+        self.answer.fail(err);
     }
 
     fn as_any(&mut self) -> &mut dyn Any {
@@ -533,8 +562,7 @@ where
 struct BulkJob<I, T> {
     input: I,
     work: BulkWork<I, T>,
-    outcome: Option<Result<T, ServiceError>>,
-    reply: oneshot::Sender<Result<T, ServiceError>>,
+    answer: Answer<T>,
 }
 
 impl<I, T> BulkJob<I, T>
@@ -559,25 +587,6 @@ where
         }
         Ok(results)
     }
-
-    /// What an item's result makes of the attempt (keeping the result).
-    fn settle(&mut self, result: Result<T, ServiceError>) -> Attempt {
-        match result {
-            Ok(v) => {
-                self.outcome = Some(Ok(v));
-                Attempt::Done
-            }
-            Err(e) => {
-                if let Some(why) = transient(&e) {
-                    self.outcome = None;
-                    Attempt::Transient(why)
-                } else {
-                    self.outcome = Some(Err(e));
-                    Attempt::Refused
-                }
-            }
-        }
-    }
 }
 
 /// The answer kept for the other inputs of a bulk call refused as a whole
@@ -601,23 +610,20 @@ where
                 Ok(mut results) => results.remove(0),
                 Err(e) => Err(e),
             };
-            self.settle(result)
+            self.answer.settle(result)
         })
     }
 
     fn refuse(&mut self, err: ServiceError) {
-        self.outcome = Some(Err(err));
+        self.answer.refuse(err);
     }
 
     fn answer(self: Box<Self>) {
-        let outcome = self
-            .outcome
-            .unwrap_or_else(|| Err(ServiceError::internal("group commit item was never run")));
-        let _ = self.reply.send(outcome);
+        self.answer.send();
     }
 
     fn fail(self: Box<Self>, err: ServiceError) {
-        let _ = self.reply.send(Err(err));
+        self.answer.fail(err);
     }
 
     fn bulk_key(&self) -> Option<usize> {
@@ -651,7 +657,7 @@ where
                     for other in others.iter_mut() {
                         other.refuse(whole_refusal(&e));
                     }
-                    self.outcome = Some(Err(e));
+                    self.answer.refuse(e);
                     return Attempt::Refused;
                 }
             };
@@ -664,7 +670,7 @@ where
                     .filter_map(|o| o.as_any().downcast_mut::<Self>()),
             );
             for (job, result) in jobs.zip(results) {
-                if let a @ Attempt::Transient(_) = job.settle(result) {
+                if let a @ Attempt::Transient(_) = job.answer.settle(result) {
                     attempt = a;
                 }
             }
