@@ -14,18 +14,7 @@ use crate::db::{Db, Engine, JsonType, Tx, engine_of, json_rows, now_micros};
 /// for ordering by its member (else its program). Call
 /// [`OutboxNotifier::notify`] after commit to publish at once.
 pub async fn append(tx: &mut Tx, envelope: &EventEnvelope) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, ordering_key, payload, created_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&envelope.event_id)
-    .bind(&envelope.event_type)
-    .bind(super::ordering_key(envelope))
-    .bind(envelope.encode_to_vec())
-    .bind(now_micros())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    append_all(tx, std::slice::from_ref(envelope)).await
 }
 
 /// Appends every envelope of `envelopes` like [`append`], in one statement

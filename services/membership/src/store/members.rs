@@ -170,19 +170,16 @@ pub async fn require(
 const TAGS_OF_M: &str = "(SELECT string_agg(t.tag, ',' ORDER BY t.tag) FROM member_tags t \
      WHERE t.member_id = m.member_id)";
 
-/// The tags from column `i` of a row selected with [`TAGS_OF_M`].
-fn tags_at(r: &AnyRow, i: usize) -> Result<Vec<String>, ServiceError> {
-    let joined: Option<String> = r
-        .try_get(i)
-        .map_err(|e| super::decode_err("member tags", e))?;
-    Ok(joined
-        .map(|j| j.split(',').map(str::to_owned).collect())
-        .unwrap_or_default())
-}
-
-/// A member with its tags.
+/// A member with its tags, from a row of [`COLUMNS`] followed by
+/// [`TAGS_OF_M`] (the last column).
 fn tagged_from_row(r: &AnyRow) -> Result<(MemberRecord, Vec<String>), ServiceError> {
-    Ok((from_row(r)?, tags_at(r, 21)?))
+    let joined: Option<String> = r
+        .try_get(r.len() - 1)
+        .map_err(|e| super::decode_err("member tags", e))?;
+    let tags = joined
+        .map(|j| j.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    Ok((from_row(r)?, tags))
 }
 
 /// The member with its tags (one round trip).

@@ -349,9 +349,11 @@ pub(crate) async fn chain_entries(
             ("lane", int),
         ],
     );
+    // PostgreSQL binds the heads second (one statement), SQLite alone
+    let heads_param = if engine == Engine::Postgres { 2 } else { 1 };
     let head_source = json_rows(
         engine,
-        2,
+        heads_param,
         "r",
         &[
             ("program_id", text),
@@ -400,7 +402,7 @@ pub(crate) async fn chain_entries(
         .bind(entries_json)
         .execute(&mut **tx)
         .await?;
-    let updated = sqlx::query(sqlx::AssertSqlSafe(update_heads.replace("$2", "$1")))
+    let updated = sqlx::query(sqlx::AssertSqlSafe(update_heads))
         .bind(heads_json)
         .execute(&mut **tx)
         .await?;

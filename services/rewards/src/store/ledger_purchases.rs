@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use loyalty_common::ServiceError;
 use loyalty_common::calendar::{from_timestamp_opt, to_timestamp};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use loyalty_common::db::{
     Engine, JsonType, Tx, engine_of, json_rows, json_rows_lookup, now_micros,
@@ -320,8 +319,9 @@ where
 struct Earning<'a> {
     index: usize,
     input: &'a PurchaseInput,
-    terms: Arc<rules_cache::ProgramTerms>,
     eval: Evaluation,
+    /// The purchase's day in the program's zone (caps, the order's row).
+    day: chrono::NaiveDate,
     lot: LotTerms,
     posting: Option<Posting>,
     entry_id: String,
@@ -391,7 +391,7 @@ async fn record_round(
         earnings.push(Earning {
             index,
             input,
-            terms,
+            day: terms.policy.tz.local_date(input.purchased_at),
             eval,
             lot,
             posting,
@@ -405,7 +405,7 @@ async fn record_round(
             (
                 e.input.program_id.as_str(),
                 e.input.member_id.as_str(),
-                e.terms.policy.tz.local_date(e.input.purchased_at),
+                e.day,
                 e.eval.applications.as_slice(),
             )
         })
@@ -600,9 +600,11 @@ async fn insert_purchases(
             ("local_day", text),
         ],
     );
+    // PostgreSQL binds the lines second (one statement), SQLite alone
+    let lines_param = if engine == Engine::Postgres { 2 } else { 1 };
     let lines = json_rows(
         engine,
-        2,
+        lines_param,
         "l",
         &[
             ("program_id", text),
@@ -617,12 +619,11 @@ async fn insert_purchases(
     let mut line_rows = Vec::new();
     for (e, response) in earnings.iter().zip(responses) {
         let p = e.input;
-        let day = e.terms.policy.tz.local_date(p.purchased_at);
         order_rows.push(serde_json::json!({
             "program_id": p.program_id, "order_id": p.order_id, "member_id": p.member_id,
             "request_hash": p.fingerprint, "response": hex::encode(response.encode_to_vec()),
             "amount_minor": p.amount.minor, "points": e.eval.total, "entry_id": response.entry_id,
-            "created_at": created_at, "local_day": day.format("%Y-%m-%d").to_string(),
+            "created_at": created_at, "local_day": e.day.format("%Y-%m-%d").to_string(),
         }));
         for (line, (_, points)) in p.lines.iter().zip(&e.eval.lines) {
             line_rows.push(serde_json::json!({
@@ -677,13 +678,10 @@ async fn insert_purchases(
     if inserted.rows_affected() != earnings.len() as u64 {
         return Err(taken());
     }
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{insert_lines} {}",
-        lines.replace("$2", "$1")
-    )))
-    .bind(lines_json)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("{insert_lines} {lines}")))
+        .bind(lines_json)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
