@@ -156,69 +156,10 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Reads the secret from `path`, or creates one there (32 random bytes from
-/// the OS, hex, file mode 0600) so that tokens survive restarts. The file
-/// appears complete or not at all (written aside, then linked into place),
-/// so a replica starting at the same moment never reads half a secret.
+/// the OS, hex, file mode 0600) so that tokens survive restarts; see
+/// [`key_file::load_or_create`](crate::key_file::load_or_create).
 pub fn load_or_create_secret(path: &std::path::Path) -> std::io::Result<Secret> {
-    match std::fs::read_to_string(path) {
-        Ok(s) if s.trim().len() >= 32 => {
-            warn_if_readable_by_others(path);
-            return Ok(Secret::new(s.trim().as_bytes().to_vec()));
-        }
-        Ok(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{} holds fewer than 32 bytes", path.display()),
-            ));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)?;
-    }
-    let text = hex::encode(os_random::<32>()?);
-    let aside = path.with_extension(format!("tmp-{}", hex::encode(os_random::<8>()?)));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let written = opts.open(&aside).and_then(|mut f| {
-        std::io::Write::write_all(&mut f, text.as_bytes())?;
-        f.sync_all()
-    });
-    // a hard link fails if the name exists: the first creator wins
-    let linked = written.and_then(|()| std::fs::hard_link(&aside, path));
-    let _ = std::fs::remove_file(&aside);
-    match linked {
-        Ok(()) => Ok(Secret::new(text.into_bytes())),
-        // another process created it first: use theirs
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_secret(path),
-        Err(e) => Err(e),
-    }
-}
-
-fn os_random<const N: usize>() -> std::io::Result<[u8; N]> {
-    let mut bytes = [0u8; N];
-    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes)
-        .map_err(|e| std::io::Error::other(format!("OS random source: {e}")))?;
-    Ok(bytes)
-}
-
-fn warn_if_readable_by_others(path: &std::path::Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            tracing::warn!(path = %path.display(), "the auth secret file is readable by other users; chmod 600 it");
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
+    crate::key_file::load_or_create(path, "auth secret").map(Secret::new)
 }
 
 /// A configured backend API key: `key_id:program_id:role:sha256hex`.
@@ -244,7 +185,7 @@ impl ApiKeyRecord {
                 "must be non-empty without '_' or ':'",
             ));
         }
-        let secret = os_random::<32>().map_err(ServiceError::internal)?;
+        let secret = crate::key_file::os_random::<32>().map_err(ServiceError::internal)?;
         let key = format!("lk_{key_id}_{}", hex::encode(secret));
         let record = Self::for_key(key_id, program_id, role, &key);
         Ok((key, record))

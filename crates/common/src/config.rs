@@ -61,7 +61,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "data_dir",
-        "directory for SQLite files and the generated auth secret [default: ./data]",
+        "directory for SQLite files and the generated auth secret and data key [default: ./data]",
     ),
     (
         "database_url",
@@ -78,6 +78,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     (
         "auth_secret",
         "shared secret (>= 32 bytes) signing internal tokens; unset means one generated into {data_dir}/auth.secret",
+    ),
+    (
+        "data_key",
+        "key (>= 32 bytes, e.g. base64 of 32 random bytes) sealing coupon codes at rest; every replica of rewards needs the same one, and losing it makes issued codes unreadable; unset means one generated into {data_dir}/data.key",
     ),
     (
         "api_keys",
@@ -690,6 +694,9 @@ pub struct Config {
     pub nats_stream: String,
     /// Internal token secret; `None` means generate one under `data_dir`.
     pub auth_secret: Option<String>,
+    /// Key sealing data at rest (ADR 0009); `None` means generate one
+    /// under `data_dir`.
+    pub data_key: Option<crate::data_key::DataKey>,
     /// Raw API key records (`key_id:program_id:role:sha256hex`).
     pub api_keys: Vec<String>,
     pub request_timeout: Duration,
@@ -717,6 +724,19 @@ impl Config {
         {
             return Err(src.error("auth_secret", "must be at least 32 bytes long"));
         }
+        let data_key = match src.get::<String>("data_key")? {
+            None => None,
+            Some(k) if auth_secret.as_deref() == Some(k.as_str()) => {
+                return Err(src.error(
+                    "data_key",
+                    "must differ from auth_secret (one key, one purpose)",
+                ));
+            }
+            Some(k) => Some(
+                crate::data_key::DataKey::new(k)
+                    .map_err(|e| src.error("data_key", e.to_string()))?,
+            ),
+        };
         let api_keys: Vec<String> = src
             .get::<String>("api_keys")?
             .map(|s| {
@@ -768,6 +788,7 @@ impl Config {
             nats_url: src.get("nats_url")?,
             nats_stream: src.get_or("nats_stream", "LOYALTY_EVENTS".to_owned())?,
             auth_secret,
+            data_key,
             api_keys,
             request_timeout,
             shutdown_grace: src
@@ -900,6 +921,23 @@ mod tests {
         assert!(err.to_string().contains("LOYALTY_AUTH_SECRET"), "{err}");
         // the value itself is never echoed
         assert!(!err.to_string().contains("short\""), "{err}");
+    }
+
+    #[test]
+    fn the_data_key_is_checked_and_never_echoed() {
+        assert!(load(&[]).unwrap().data_key.is_none());
+        let err = load(&[("LOYALTY_DATA_KEY", "short-key-material")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("LOYALTY_DATA_KEY (environment)"), "{msg}");
+        assert!(msg.contains("at least 32 bytes"), "{msg}");
+        assert!(!msg.contains("short-key-material"), "{msg}");
+        let key = "q83vEjRWeJ+rze8SNFZ4mqvN7xI0VniaWq3vEjRWeJo=";
+        let c = load(&[("LOYALTY_DATA_KEY", key)]).unwrap();
+        assert!(c.data_key.is_some());
+        assert!(!format!("{c:?}").contains(key));
+        let err = load(&[("LOYALTY_DATA_KEY", key), ("LOYALTY_AUTH_SECRET", key)]).unwrap_err();
+        assert!(err.to_string().contains("LOYALTY_DATA_KEY"), "{err}");
+        assert!(err.to_string().contains("auth_secret"), "{err}");
     }
 
     #[test]

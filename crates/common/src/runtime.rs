@@ -9,6 +9,7 @@ use loyalty_proto::common::ServiceInfo;
 
 use crate::ServiceError;
 use crate::clock::Clock;
+use crate::data_key::DataKey;
 use crate::db::{Db, Migrations};
 use crate::events::{Consumer, EventBus, OutboxNotifier};
 use crate::jobs::{Job, Schedule};
@@ -59,6 +60,8 @@ pub struct ServiceRuntime {
     pub outbox: OutboxNotifier,
     /// The time domain decisions use (system time; tests move it).
     pub clock: Clock,
+    /// The key sealing data at rest ([`DataKey`]); set by [`assemble`].
+    pub data_key: Option<DataKey>,
     migrations: &'static [Migrations],
 }
 
@@ -79,8 +82,26 @@ impl ServiceRuntime {
             bus,
             outbox: OutboxNotifier::new(),
             clock: Clock::system(),
+            data_key: None,
             migrations: def.migrations,
         }
+    }
+
+    /// The same runtime sealing data at rest with `key`.
+    #[must_use]
+    pub fn with_data_key(mut self, key: DataKey) -> Self {
+        self.data_key = Some(key);
+        self
+    }
+
+    /// The data key, or an internal error when the launcher gave none.
+    pub fn data_key(&self) -> Result<&DataKey, ServiceError> {
+        self.data_key.as_ref().ok_or_else(|| {
+            ServiceError::internal(format!(
+                "the {} service was started without a data key",
+                self.name
+            ))
+        })
     }
 
     /// The same runtime deciding by `clock` (tests: a manual clock).
@@ -109,7 +130,8 @@ impl ServiceRuntime {
 
 /// Brings `services` (each with its opened database) up on `server` the one
 /// way the launcher and the tests share: a runtime per service deciding by
-/// `clock`, its RPCs registered and its consumers subscribed to `bus`.
+/// `clock` and sealing with `data_key`, its RPCs registered and its
+/// consumers subscribed to `bus`.
 /// Relays ([`ServiceRuntime::relay`]) and jobs start afterwards, once every
 /// consumer of the process is subscribed, so no event is published before
 /// a consumer of this process listens.
@@ -117,12 +139,17 @@ pub async fn assemble(
     services: Vec<(ServiceDef, Db)>,
     bus: &Arc<dyn EventBus>,
     clock: &Clock,
+    data_key: &DataKey,
     server: &mut GrpcServer,
     shutdown: &crate::server::Shutdown,
 ) -> Result<Vec<(ServiceDef, Arc<ServiceRuntime>)>, crate::events::BusError> {
     let mut runtimes = Vec::with_capacity(services.len());
     for (def, db) in services {
-        let rt = Arc::new(ServiceRuntime::new(&def, db, bus.clone()).with_clock(clock.clone()));
+        let rt = Arc::new(
+            ServiceRuntime::new(&def, db, bus.clone())
+                .with_clock(clock.clone())
+                .with_data_key(data_key.clone()),
+        );
         (def.register)(rt.clone(), server);
         for consumer in (def.consumers)(&rt) {
             bus.subscribe(Arc::new(consumer), shutdown.clone()).await?;

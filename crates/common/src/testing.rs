@@ -151,8 +151,9 @@ pub fn backend(program: &str) -> crate::auth::Principal {
 /// One or more services started as the launcher starts them (their own
 /// fresh databases, the in-process bus, consumers subscribed before relays,
 /// auth, health, reflection) on an ephemeral port, deciding by a manual
-/// [`Clock`](crate::clock::Clock) that starts at the real now. Scheduled
-/// jobs are not started: tests trigger them.
+/// [`Clock`](crate::clock::Clock) that starts at the real now, sealing
+/// with a random data key of their own. Scheduled jobs are not started:
+/// tests trigger them.
 pub struct TestService {
     addr: std::net::SocketAddr,
     channel: tonic::transport::Channel,
@@ -199,8 +200,9 @@ impl TestService {
             opened.push((*def, db.db.clone()));
             dbs.push(db);
         }
+        let data_key = crate::data_key::DataKey::random().expect("OS random source");
         let runtimes: Vec<_> =
-            crate::runtime::assemble(opened, &bus, &clock, &mut server, &shutdown)
+            crate::runtime::assemble(opened, &bus, &clock, &data_key, &mut server, &shutdown)
                 .await
                 .unwrap_or_else(|e| panic!("start test services: {e}"))
                 .into_iter()

@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use loyalty_common::auth;
 use loyalty_common::config::{Config, SERVICES, standalone_port};
+use loyalty_common::data_key::DataKey;
 use loyalty_common::db::{Db, PoolSettings};
 use loyalty_common::events::{self, EventBus};
 use loyalty_common::housekeeping::Housekeeping;
@@ -115,6 +116,19 @@ pub async fn start(
     let mut dbs = Vec::new();
 
     if !selection.services.is_empty() {
+        let data_key = match &config.data_key {
+            Some(k) => k.clone(),
+            None => {
+                if !config.is_embedded() {
+                    tracing::warn!(
+                        "LOYALTY_DATA_KEY is unset: using the key in {} (every replica must seal with the same key; set LOYALTY_DATA_KEY)",
+                        config.data_dir.join("data.key").display()
+                    );
+                }
+                DataKey::load_or_create(&config.data_dir.join("data.key"))
+                    .with_context(|| format!("data key under {}", config.data_dir.display()))?
+            }
+        };
         let bus: Arc<dyn EventBus> = match &config.nats_url {
             Some(url) => Arc::new(
                 events::NatsBus::connect(url, &config.nats_stream)
@@ -154,6 +168,7 @@ pub async fn start(
             opened,
             &bus,
             &loyalty_common::clock::Clock::system(),
+            &data_key,
             &mut server,
             &shutdown,
         )
