@@ -49,7 +49,20 @@ fn scheduled_jobs(
 ) -> Vec<loyalty_common::runtime::ScheduledJob> {
     let mut all = jobs::scheduled(rt);
     all.extend(engagement::jobs(rt));
+    // start-up work: seal coupon codes left in clear by earlier versions
+    // (docs/adr/0009-coupon-codes-at-rest.md); runs as the service starts
+    all.push(engagement::coupon_code_sealing_job(rt));
     all
+}
+
+/// Seals every coupon code still stored in clear now, to the end (what
+/// start-up runs as a job; tests call it directly). `None` when another
+/// replica is running it.
+#[doc(hidden)]
+pub async fn seal_clear_coupon_codes(
+    rt: &std::sync::Arc<loyalty_common::runtime::ServiceRuntime>,
+) -> Result<Option<loyalty_common::jobs::RunReport>, loyalty_common::ServiceError> {
+    engagement::seal_clear_coupon_codes(rt).await
 }
 
 /// Entry points for benchmarks (not part of the service's contract).

@@ -19,6 +19,10 @@ mod points;
 mod referrals;
 pub(crate) mod support;
 
+pub(crate) use coupons::{
+    seal_clear_codes as seal_clear_coupon_codes, sealing_job as coupon_code_sealing_job,
+};
+
 /// Adds the engagement gRPC services to the rewards server.
 pub(crate) fn register(rt: &Arc<ServiceRuntime>, server: &mut GrpcServer) {
     catalog::register(rt, server);

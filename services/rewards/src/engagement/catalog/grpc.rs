@@ -27,6 +27,7 @@ use super::eligibility::{self, ItemTerms, Refusal};
 use super::store::{self, ItemRow, RedemptionRow};
 use crate::engagement::codes;
 use crate::engagement::coupons::store as coupon_store;
+use crate::engagement::coupons::vault::CodeVault;
 use crate::engagement::points;
 use crate::engagement::support::{
     check_id, check_text, emit, from_ts, new_id, now_micros, opt_ts, page, page_response, ts,
@@ -246,7 +247,10 @@ impl CatalogApi {
         // keys are the caller's own: scoped to the member, never shared across members
         let scope = format!("rewards.RedeemReward/{}/{}", req.program_id, req.member_id);
         let key = req.idempotency_key.clone();
-        let response = run_idempotent(&self.rt.db, &scope, &key, &req.clone(), move |tx| {
+        let vault = Arc::new(CodeVault::of(&self.rt)?);
+        let sealing = vault.clone();
+        let program_id = req.program_id.clone();
+        let mut response = run_idempotent(&self.rt.db, &scope, &key, &req.clone(), move |tx| {
             Box::pin(async move {
                 let program = req.program_id.as_str();
                 let member = req.member_id.as_str();
@@ -304,12 +308,12 @@ impl CatalogApi {
                     created_at: now,
                     updated_at: now,
                 };
-                let mut coupon_code = String::new();
                 if item.kind == "coupon" {
                     // digital goods: issued and fulfilled in the same transaction
                     let pool_id = item.coupon_pool_id.clone().unwrap_or_default();
                     let (coupon, _) = coupon_store::issue(
                         tx,
+                        &sealing,
                         &coupon_store::IssueRequest {
                             program_id: program,
                             pool_id: &pool_id,
@@ -336,20 +340,32 @@ impl CatalogApi {
                     .await?;
                     row.coupon_id = Some(coupon.coupon_id);
                     FULFILLED.clone_into(&mut row.state);
-                    coupon_code = codes::display(&coupon.code);
                 }
                 store::insert_redemption(tx, &row).await?;
                 if row.state == FULFILLED {
                     emit_redeemed(tx, &row, &item.kind).await?;
                 }
+                // the answer kept for replays holds no coupon code: it
+                // is opened from the coupon when answering
                 Ok(RedeemRewardResponse {
                     redemption: Some(redemption_proto(&row)),
-                    coupon_code,
+                    coupon_code: String::new(),
                 })
             })
         })
         .await?;
         self.rt.outbox.notify();
+        if let Some(coupon_id) = response
+            .redemption
+            .as_ref()
+            .map(|r| r.coupon_id.as_str())
+            .filter(|id| !id.is_empty())
+        {
+            let coupon = coupon_store::by_id(self.rt.db.pool(), &vault, &program_id, coupon_id)
+                .await?
+                .ok_or_else(|| ServiceError::internal("a redemption's coupon is gone"))?;
+            response.coupon_code = codes::display(&coupon.code);
+        }
         Ok(response)
     }
 

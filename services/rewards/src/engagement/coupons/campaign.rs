@@ -14,6 +14,7 @@ use loyalty_proto::events::event_envelope::Payload;
 use loyalty_proto::events::{CouponIssued, EventEnvelope};
 
 use super::store::{self, IssueError, IssueRequest};
+use super::vault::CodeVault;
 use crate::engagement::support::{emit, now_micros, ts};
 
 pub(crate) struct CampaignCoupons {
@@ -42,7 +43,8 @@ impl EventHandler for CampaignCoupons {
             campaign_id: (!action.campaign_id.is_empty()).then(|| action.campaign_id.clone()),
             now: now_micros(&self.rt),
         };
-        match store::issue(tx, &request).await {
+        let vault = CodeVault::of(&self.rt)?;
+        match store::issue(tx, &vault, &request).await {
             Ok((coupon, true)) => {
                 emit(
                     tx,

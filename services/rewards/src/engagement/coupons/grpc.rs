@@ -28,6 +28,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::attempt_limit::AttemptPolicy;
 use super::expiry::CouponExpiry;
 use super::store::{self, CouponRow, IssueError, IssueRequest, PoolRow};
+use super::vault::CodeVault;
 use crate::engagement::codes;
 use crate::engagement::support::{
     caller_key, check_id, check_text, emit, new_id, now_micros, page, page_response, ts,
@@ -187,7 +188,8 @@ impl CouponApi {
         let code = codes::normalise(&req.code, codes::COUPON_CODE_LEN)
             .map_err(|e| ServiceError::invalid("code", e.to_string()))?;
         let now = now_micros(&self.rt);
-        let c = store::by_code_read(self.rt.db.pool(), &req.program_id, &code)
+        let vault = CodeVault::of(&self.rt)?;
+        let c = store::by_code_read(self.rt.db.pool(), &vault, &req.program_id, &code)
             .await?
             .ok_or_else(|| ServiceError::not_found("coupon", "with this code"))?;
         if state_of(&c, now) == CouponState::Issued {
@@ -201,9 +203,11 @@ impl CouponApi {
         let code = codes::normalise(&req.code, codes::COUPON_CODE_LEN)
             .map_err(|e| ServiceError::invalid("code", e.to_string()))?;
         let now = now_micros(&self.rt);
+        let vault = CodeVault::of(&self.rt)?;
         let mut tx = self.rt.db.begin().await?;
-        let redeemed = store::redeem(&mut tx, &req.program_id, &code, &req.order_id, now).await?;
-        let c = store::by_code(&mut tx, &req.program_id, &code)
+        let redeemed =
+            store::redeem(&mut tx, &vault, &req.program_id, &code, &req.order_id, now).await?;
+        let c = store::by_code(&mut tx, &vault, &req.program_id, &code)
             .await?
             .ok_or_else(|| ServiceError::not_found("coupon", "with this code"))?;
         tx.commit().await?;
@@ -226,12 +230,16 @@ impl CouponApi {
         check_id(&mut v, "member_id", &req.member_id);
         v.finish()?;
         let now = now_micros(&self.rt);
+        let vault = Arc::new(CodeVault::of(&self.rt)?);
+        let program_id = req.program_id.clone();
         let scope = format!("rewards.IssueCoupon/{}", req.program_id);
         let key = req.idempotency_key.clone();
-        let response = run_idempotent(&self.rt.db, &scope, &key, &req.clone(), move |tx| {
+        let sealing = vault.clone();
+        let mut response = run_idempotent(&self.rt.db, &scope, &key, &req.clone(), move |tx| {
             Box::pin(async move {
                 let issued = store::issue(
                     tx,
+                    &sealing,
                     &IssueRequest {
                         program_id: &req.program_id,
                         pool_id: &req.pool_id,
@@ -263,13 +271,21 @@ impl CouponApi {
                     }),
                 )
                 .await?;
-                Ok(IssueCouponResponse {
-                    coupon: Some(coupon_proto(&coupon, now)),
-                })
+                // the answer kept for replays holds no code: it is
+                // opened from the coupon when answering
+                let mut kept = coupon_proto(&coupon, now);
+                kept.code.clear();
+                Ok(IssueCouponResponse { coupon: Some(kept) })
             })
         })
         .await?;
         self.rt.outbox.notify();
+        if let Some(c) = response.coupon.as_mut() {
+            let stored = store::by_id(self.rt.db.pool(), &vault, &program_id, &c.coupon_id)
+                .await?
+                .ok_or_else(|| ServiceError::internal("an issued coupon is gone"))?;
+            c.code = codes::display(&stored.code);
+        }
         Ok(response)
     }
 
@@ -442,8 +458,10 @@ impl CouponService for CouponApi {
         let print = format!("coupons:{}:{}:{state}", req.program_id, req.member_id);
         let pg = page(req.page.as_ref(), &print)?;
         let now = now_micros(&self.rt);
+        let vault = CodeVault::of(&self.rt)?;
         let rows = store::list_member_coupons(
             self.rt.db.pool(),
+            &vault,
             &req.program_id,
             &req.member_id,
             state,

@@ -1,6 +1,6 @@
 //! Coupon pools, coupons with unguessable codes, validation and redemption
 //! at the point of sale with per-caller brute-force limits, and coupons
-//! issued by campaign actions.
+//! issued by campaign actions. Codes are kept sealed at rest ([`vault`]).
 
 use std::sync::Arc;
 
@@ -14,7 +14,9 @@ pub mod attempt_limit;
 mod campaign;
 mod expiry;
 mod grpc;
+mod sealing;
 pub mod store;
+pub(crate) mod vault;
 
 pub(crate) fn register(rt: &Arc<ServiceRuntime>, server: &mut GrpcServer) {
     server.add_service(CouponServiceServer::new(grpc::CouponApi {
@@ -39,4 +41,21 @@ pub(crate) fn expiry_job(rt: &Arc<ServiceRuntime>) -> ScheduledJob {
         Arc::new(expiry::CouponExpiry::all_programs(rt.clone())) as Arc<dyn Job>,
         Schedule::Every(expiry::EVERY),
     )
+}
+
+/// Seals coupon codes still stored in clear: at start-up, then hourly.
+pub(crate) fn sealing_job(rt: &Arc<ServiceRuntime>) -> ScheduledJob {
+    (
+        Arc::new(sealing::CodeSealing::new(rt.clone())) as Arc<dyn Job>,
+        Schedule::Every(sealing::EVERY),
+    )
+}
+
+/// Seals every coupon code still stored in clear, now, to the end.
+pub(crate) async fn seal_clear_codes(
+    rt: &Arc<ServiceRuntime>,
+) -> Result<Option<loyalty_common::jobs::RunReport>, loyalty_common::ServiceError> {
+    loyalty_common::jobs::JobRunner::new(rt.db.clone())
+        .trigger(&sealing::CodeSealing::new(rt.clone()))
+        .await
 }

@@ -1,11 +1,16 @@
 //! Storage of coupon pools, coupons and failed attempts. A coupon is
 //! redeemed by one conditional update (not yet redeemed, not expired), so
 //! of two concurrent redemptions exactly one succeeds.
+//!
+//! Codes are stored as a digest and a sealed form ([`CodeVault`]), never in
+//! clear; rows issued before migration 0054 keep a clear `code` until
+//! [`seal_clear_codes`] seals them, and lookups find both kinds meanwhile.
 
 use loyalty_common::ServiceError;
 use loyalty_common::db::Tx;
 use sqlx::AnyPool;
 
+use super::vault::CodeVault;
 use crate::engagement::codes;
 use crate::engagement::support::new_id;
 
@@ -133,13 +138,14 @@ pub async fn list_pools(
     Ok(rows.into_iter().map(pool).collect())
 }
 
-/// A coupon as stored.
+/// A coupon as stored, its code opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CouponRow {
     pub coupon_id: String,
     pub program_id: String,
     pub pool_id: String,
     pub member_id: String,
+    /// The canonical code (opened from its sealed form).
     pub code: String,
     pub source: String,
     pub campaign_id: Option<String>,
@@ -159,6 +165,7 @@ type CouponTuple = (
     String,
     String,
     String,
+    Option<Vec<u8>>,
     String,
     Option<String>,
     i64,
@@ -171,29 +178,73 @@ type CouponTuple = (
 
 macro_rules! coupon_cols {
     () => {
-        "c.coupon_id, c.program_id, c.pool_id, c.member_id, c.code, c.source, c.campaign_id, \
+        "c.coupon_id, c.program_id, c.pool_id, c.member_id, c.code, c.code_sealed, c.source, \
+         c.campaign_id, \
          c.issued_at, c.expires_at, c.redeemed_at, c.redeemed_order_id, c.expired_at, \
          p.description \
          FROM coupons c JOIN coupon_pools p ON p.pool_id = c.pool_id"
     };
 }
 
-fn coupon(t: CouponTuple) -> CouponRow {
-    CouponRow {
+/// The row with its code opened: from its sealed form, or as stored by a
+/// row not sealed yet (issued before migration 0054).
+fn coupon(vault: &CodeVault, t: CouponTuple) -> Result<CouponRow, ServiceError> {
+    let code = match &t.5 {
+        Some(sealed) => vault.open_or_fail(&t.1, &t.0, sealed)?,
+        None => t.4,
+    };
+    Ok(CouponRow {
         coupon_id: t.0,
         program_id: t.1,
         pool_id: t.2,
         member_id: t.3,
-        code: t.4,
-        source: t.5,
-        campaign_id: t.6,
-        issued_at: t.7,
-        expires_at: t.8,
-        redeemed_at: t.9,
-        redeemed_order_id: t.10,
-        expired_at: t.11,
-        description: t.12,
+        code,
+        source: t.6,
+        campaign_id: t.7,
+        issued_at: t.8,
+        expires_at: t.9,
+        redeemed_at: t.10,
+        redeemed_order_id: t.11,
+        expired_at: t.12,
+        description: t.13,
+    })
+}
+
+/// The row found by typed `code`, which its opened code must be: a row
+/// whose sealed code is another (moved there) is refused, not shown.
+fn coupon_with_code(
+    vault: &CodeVault,
+    t: CouponTuple,
+    code: &str,
+) -> Result<CouponRow, ServiceError> {
+    let row = coupon(vault, t)?;
+    if row.code != code {
+        tracing::error!(
+            program_id = %row.program_id,
+            coupon_id = %row.coupon_id,
+            "coupon found by its code's digest holds another sealed code"
+        );
+        return Err(ServiceError::internal(
+            "a coupon's sealed code does not match its digest",
+        ));
     }
+    Ok(row)
+}
+
+/// Rows matching a typed code: by digest, or by the clear code of a row
+/// not sealed yet (one statement, an index probe for each).
+macro_rules! by_code_where {
+    ($p:literal, $d:literal, $c:literal) => {
+        concat!(
+            "program_id = $",
+            $p,
+            " AND (code_digest = $",
+            $d,
+            " OR (code = $",
+            $c,
+            " AND code <> ''))"
+        )
+    };
 }
 
 /// Why a coupon could not be issued.
@@ -244,9 +295,13 @@ pub struct IssueRequest<'a> {
 
 /// Issues a coupon with a fresh random code. Returns the coupon and whether
 /// it is new (false: the issue key had been used, this is that coupon).
-pub async fn issue(tx: &mut Tx, r: &IssueRequest<'_>) -> Result<(CouponRow, bool), IssueError> {
+pub async fn issue(
+    tx: &mut Tx,
+    vault: &CodeVault,
+    r: &IssueRequest<'_>,
+) -> Result<(CouponRow, bool), IssueError> {
     if let Some(key) = &r.issue_key
-        && let Some(existing) = by_issue_key(tx, r.program_id, key).await?
+        && let Some(existing) = by_issue_key(tx, vault, r.program_id, key).await?
     {
         return Ok((existing, false));
     }
@@ -273,15 +328,16 @@ pub async fn issue(tx: &mut Tx, r: &IssueRequest<'_>) -> Result<(CouponRow, bool
     for _ in 0..3 {
         let code = codes::new_coupon_code();
         let inserted = sqlx::query(
-            "INSERT INTO coupons (coupon_id, program_id, pool_id, member_id, code, source, issue_key, \
-             campaign_id, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO coupons (coupon_id, program_id, pool_id, member_id, code, code_digest, \
+             code_sealed, source, issue_key, campaign_id, issued_at, expires_at) \
+             VALUES ($1, $2, $3, $4, '', $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
         )
         .bind(&coupon_id)
         .bind(r.program_id)
         .bind(r.pool_id)
         .bind(r.member_id)
-        .bind(&code)
+        .bind(vault.digest(r.program_id, &code))
+        .bind(vault.seal(r.program_id, &coupon_id, &code)?)
         .bind(r.source)
         .bind(&r.issue_key)
         .bind(&r.campaign_id)
@@ -315,6 +371,7 @@ pub async fn issue(tx: &mut Tx, r: &IssueRequest<'_>) -> Result<(CouponRow, bool
 
 async fn by_issue_key(
     tx: &mut Tx,
+    vault: &CodeVault,
     program_id: &str,
     key: &str,
 ) -> Result<Option<CouponRow>, ServiceError> {
@@ -327,41 +384,68 @@ async fn by_issue_key(
     .bind(key)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.map(coupon))
+    row.map(|t| coupon(vault, t)).transpose()
 }
 
+/// The coupon `coupon_id` of `program_id`.
+pub async fn by_id(
+    db: &AnyPool,
+    vault: &CodeVault,
+    program_id: &str,
+    coupon_id: &str,
+) -> Result<Option<CouponRow>, ServiceError> {
+    let row: Option<CouponTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        coupon_cols!(),
+        " WHERE c.program_id = $1 AND c.coupon_id = $2"
+    ))
+    .bind(program_id)
+    .bind(coupon_id)
+    .fetch_optional(db)
+    .await?;
+    row.map(|t| coupon(vault, t)).transpose()
+}
+
+/// The coupon of the canonical `code`, in a transaction.
 pub async fn by_code(
     tx: &mut Tx,
+    vault: &CodeVault,
     program_id: &str,
     code: &str,
 ) -> Result<Option<CouponRow>, ServiceError> {
     let row: Option<CouponTuple> = sqlx::query_as(concat!(
         "SELECT ",
         coupon_cols!(),
-        " WHERE c.program_id = $1 AND c.code = $2"
+        " WHERE c.",
+        by_code_where!("1", "2", "3")
     ))
     .bind(program_id)
+    .bind(vault.digest(program_id, code))
     .bind(code)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.map(coupon))
+    row.map(|t| coupon_with_code(vault, t, code)).transpose()
 }
 
+/// The coupon of the canonical `code`, read outside a transaction.
 pub async fn by_code_read(
     db: &AnyPool,
+    vault: &CodeVault,
     program_id: &str,
     code: &str,
 ) -> Result<Option<CouponRow>, ServiceError> {
     let row: Option<CouponTuple> = sqlx::query_as(concat!(
         "SELECT ",
         coupon_cols!(),
-        " WHERE c.program_id = $1 AND c.code = $2"
+        " WHERE c.",
+        by_code_where!("1", "2", "3")
     ))
     .bind(program_id)
+    .bind(vault.digest(program_id, code))
     .bind(code)
     .fetch_optional(db)
     .await?;
-    Ok(row.map(coupon))
+    row.map(|t| coupon_with_code(vault, t, code)).transpose()
 }
 
 /// Marks the coupon redeemed for `order_id` if it is unused and unexpired
@@ -369,19 +453,21 @@ pub async fn by_code_read(
 /// otherwise (the caller reads it to say why).
 pub async fn redeem(
     tx: &mut Tx,
+    vault: &CodeVault,
     program_id: &str,
     code: &str,
     order_id: &str,
     now: i64,
 ) -> Result<bool, ServiceError> {
-    let done = sqlx::query(
-        "UPDATE coupons SET redeemed_at = $1, redeemed_order_id = $2 \
-         WHERE program_id = $3 AND code = $4 AND redeemed_at IS NULL AND expired_at IS NULL \
-         AND expires_at > $1",
-    )
+    let done = sqlx::query(concat!(
+        "UPDATE coupons SET redeemed_at = $1, redeemed_order_id = $2 WHERE ",
+        by_code_where!("3", "4", "5"),
+        " AND redeemed_at IS NULL AND expired_at IS NULL AND expires_at > $1"
+    ))
     .bind(now)
     .bind(order_id)
     .bind(program_id)
+    .bind(vault.digest(program_id, code))
     .bind(code)
     .execute(&mut **tx)
     .await?;
@@ -391,6 +477,7 @@ pub async fn redeem(
 /// State filter of a member's list: 0 all, 1 usable, 2 redeemed, 3 expired.
 pub async fn list_member_coupons(
     db: &AnyPool,
+    vault: &CodeVault,
     program_id: &str,
     member_id: &str,
     state: i64,
@@ -416,7 +503,42 @@ pub async fn list_member_coupons(
     .bind(limit)
     .fetch_all(db)
     .await?;
-    Ok(rows.into_iter().map(coupon).collect())
+    rows.into_iter().map(|t| coupon(vault, t)).collect()
+}
+
+/// Seals up to `limit` codes still stored in clear (rows issued before
+/// migration 0054, or by a replica not upgraded yet) and blanks them, in
+/// `tx`. Idempotent: a sealed row leaves the set scanned, and each update
+/// is conditional on the clear code still being there. Returns how many
+/// rows it sealed.
+pub async fn seal_clear_codes(
+    tx: &mut Tx,
+    vault: &CodeVault,
+    limit: i64,
+) -> Result<u64, ServiceError> {
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT coupon_id, program_id, code FROM coupons WHERE code <> '' LIMIT $1")
+            .bind(limit)
+            .fetch_all(&mut **tx)
+            .await?;
+    let mut sealed = 0;
+    for (coupon_id, program_id, clear) in rows {
+        // codes were stored canonical; a row that is not keeps its text as
+        // is, so that typing it exactly still finds it
+        let code = codes::normalise(&clear, codes::COUPON_CODE_LEN).unwrap_or(clear.clone());
+        let done = sqlx::query(
+            "UPDATE coupons SET code_digest = $1, code_sealed = $2, code = '' \
+             WHERE coupon_id = $3 AND code = $4",
+        )
+        .bind(vault.digest(&program_id, &code))
+        .bind(vault.seal(&program_id, &coupon_id, &code)?)
+        .bind(&coupon_id)
+        .bind(&clear)
+        .execute(&mut **tx)
+        .await?;
+        sealed += done.rows_affected();
+    }
+    Ok(sealed)
 }
 
 /// Takes one attempt of `caller`'s budget for the window starting at
