@@ -556,6 +556,364 @@ async fn ids_and_page_sizes_follow_the_rules_of_the_points_core(engine: TestEngi
     t.stop().await;
 }
 
+/// The stored row of a coupon: its clear `code` column, digest and sealed code.
+async fn stored_code(t: &TestService, coupon_id: &str) -> (String, Option<Vec<u8>>, Option<Vec<u8>>) {
+    sqlx::query_as("SELECT code, code_digest, code_sealed FROM coupons WHERE coupon_id = $1")
+        .bind(coupon_id)
+        .fetch_one(t.rt("rewards").db.pool())
+        .await
+        .expect("coupon row")
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// True when `code` (canonical or displayed, as text or hex) appears in
+/// the database: on SQLite anywhere in its files, on PostgreSQL in any
+/// column of the coupons and idempotency tables and the outbox.
+async fn code_is_stored(t: &TestService, code: &str) -> bool {
+    let canonical = code.replace('-', "");
+    let needles = [
+        canonical.clone().into_bytes(),
+        code.as_bytes().to_vec(),
+        hex::encode(&canonical).into_bytes(),
+    ];
+    let db = &t.rt("rewards").db;
+    let mut haystacks: Vec<Vec<u8>> = Vec::new();
+    if let Some(path) = db.url().sqlite_path() {
+        for suffix in ["", "-wal"] {
+            let mut name = path.clone().into_os_string();
+            name.push(suffix);
+            if let Ok(bytes) = std::fs::read(&name) {
+                haystacks.push(bytes);
+            }
+        }
+        assert!(!haystacks.is_empty(), "no SQLite file at {}", path.display());
+    } else {
+        for table in ["coupons", "idempotency_keys", "outbox"] {
+            let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT CAST(t AS TEXT) FROM {table} t"
+            )))
+            .fetch_all(db.pool())
+            .await
+            .expect("rows as text");
+            haystacks.extend(rows.into_iter().map(String::into_bytes));
+        }
+    }
+    haystacks
+        .iter()
+        .any(|h| needles.iter().any(|n| contains(h, n)))
+}
+
+async fn codes_are_stored_sealed_and_found_by_what_is_typed(engine: TestEngine) {
+    let t = start(engine).await;
+    let p = pool(&t, 30, 0).await;
+    let mut client = coupons(&t);
+    let issue_once = IssueCouponRequest {
+        program_id: PROGRAM.into(),
+        pool_id: p.pool_id.clone(),
+        member_id: "m1".into(),
+        idempotency_key: "issue-once".into(),
+    };
+    let c = client
+        .issue_coupon(t.request(issue_once.clone(), &backend()))
+        .await
+        .expect("issue")
+        .into_inner()
+        .coupon
+        .expect("coupon");
+    assert_eq!(c.code.len(), 19, "{}", c.code); // ABCD-EFGH-JKMN-PQRS
+    // a replay answers the same code, though the kept answer holds none
+    let replay = client
+        .issue_coupon(t.request(issue_once, &backend()))
+        .await
+        .expect("replay")
+        .into_inner()
+        .coupon
+        .expect("coupon");
+    assert_eq!((&replay.coupon_id, &replay.code), (&c.coupon_id, &c.code));
+
+    // the row: no clear code, a 32-byte digest, a sealed code (format byte,
+    // 12-byte nonce, 16 bytes of code, 16-byte tag); nowhere the code
+    let (clear, digest, sealed) = stored_code(&t, &c.coupon_id).await;
+    assert_eq!(clear, "");
+    assert_eq!(digest.expect("digest").len(), 32);
+    let sealed = sealed.expect("sealed");
+    assert_eq!((sealed.len(), sealed[0]), (45, 1));
+    assert!(!contains(&sealed, c.code.replace('-', "").as_bytes()));
+    assert!(!code_is_stored(&t, &c.code).await, "the code is stored in clear");
+
+    // the member sees it again
+    let listed = list(&t, "m1", CouponState::Issued).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].code, c.code);
+
+    // the point of sale types it with spaces, dashes, lower case
+    let typed = c.code.to_lowercase().replacen('-', " ", 1);
+    let valid = validate_as(&t, &backend(), &typed).await.expect("valid");
+    assert_eq!((&valid.coupon_id, &valid.code), (&c.coupon_id, &c.code));
+    let used = redeem(&t, &c.code.to_lowercase(), "order-1")
+        .await
+        .expect("redeem");
+    assert_eq!(used.state(), CouponState::Redeemed);
+    let again = redeem(&t, &typed, "order-2").await.unwrap_err();
+    assert_code(&again, Code::FailedPrecondition);
+    // the same code in another program is not this coupon
+    let elsewhere = coupons(&t)
+        .validate_coupon(t.request(
+            ValidateCouponRequest {
+                program_id: "p2".into(),
+                code: c.code.clone(),
+            },
+            &testing::backend("p2"),
+        ))
+        .await
+        .unwrap_err();
+    assert_code(&elsewhere, Code::NotFound);
+    assert!(!code_is_stored(&t, &c.code).await, "the code is stored in clear");
+    t.stop().await;
+}
+
+/// A code of the coupon alphabet, as earlier versions stored it.
+fn legacy_code(i: usize) -> String {
+    let symbols = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
+    (0..16)
+        .map(|k| char::from(symbols[(i * 7 + k * 13 + (i >> (k % 8))) % 32]))
+        .collect()
+}
+
+/// Inserts `n` coupons of `pool_id` for `member_id` the way the versions
+/// before migration 0054 stored them: the code in clear, no digest, nothing
+/// sealed. Returns (coupon id, code) pairs.
+async fn insert_legacy(
+    t: &TestService,
+    pool_id: &str,
+    member_id: &str,
+    n: usize,
+) -> Vec<(String, String)> {
+    let now = t.clock().now().timestamp_micros();
+    let db = &t.rt("rewards").db;
+    let mut tx = db.begin().await.expect("begin");
+    let mut rows = Vec::new();
+    for i in 0..n {
+        let coupon_id = format!("legacy-{i:05}");
+        let code = legacy_code(i);
+        sqlx::query(
+            "INSERT INTO coupons (coupon_id, program_id, pool_id, member_id, code, source, \
+             issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, 'direct', $6, $7)",
+        )
+        .bind(&coupon_id)
+        .bind(PROGRAM)
+        .bind(pool_id)
+        .bind(member_id)
+        .bind(&code)
+        .bind(now)
+        .bind(now + 86_400_000_000 * 30)
+        .execute(&mut *tx)
+        .await
+        .expect("legacy row");
+        rows.push((coupon_id, code));
+    }
+    tx.commit().await.expect("commit");
+    rows
+}
+
+async fn legacy_clear_codes_are_sealed_by_the_start_up_job_and_stay_redeemable(
+    engine: TestEngine,
+) {
+    let t = start(engine).await;
+    let p = pool(&t, 30, 0).await;
+    let legacy = insert_legacy(&t, &p.pool_id, "m1", 1_201).await;
+    let (first_id, first_code) = legacy[0].clone();
+    assert!(code_is_stored(&t, &first_code).await, "the probe finds a clear code");
+    // before the job ran: found by its clear code, shown as stored
+    let valid = validate_as(&t, &backend(), &first_code.to_lowercase())
+        .await
+        .expect("legacy code valid before sealing");
+    assert_eq!(valid.coupon_id, first_id);
+    // a sealed coupon issued meanwhile is left as it is
+    let fresh = issue(&t, &p.pool_id, "m2").await.expect("issue");
+    let fresh_row = stored_code(&t, &fresh.coupon_id).await;
+
+    let rt = t.rt("rewards");
+    let report = loyalty_rewards::seal_clear_coupon_codes(rt)
+        .await
+        .expect("sealing")
+        .expect("ran");
+    assert_eq!(report.processed, 1_201);
+    assert!(report.chunks >= 3, "{report:?}");
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupons WHERE code <> ''")
+        .fetch_one(rt.db.pool())
+        .await
+        .expect("count");
+    assert_eq!(left, 0);
+    for (coupon_id, code) in legacy.iter().step_by(97) {
+        let (clear, digest, sealed) = stored_code(&t, coupon_id).await;
+        assert_eq!(clear, "");
+        assert!(digest.is_some());
+        assert!(!contains(&sealed.expect("sealed"), code.as_bytes()));
+    }
+    assert_eq!(stored_code(&t, &fresh.coupon_id).await, fresh_row);
+    // idempotent: nothing left to seal
+    let again = loyalty_rewards::seal_clear_coupon_codes(rt)
+        .await
+        .expect("sealing")
+        .expect("ran");
+    assert_eq!(again.processed, 0);
+
+    // the member still sees the codes; the point of sale still redeems them, once
+    let shown = codes_of(&t, "m1").await;
+    assert!(shown.contains(&display(&first_code)), "{:?}", &shown[..3]);
+    let (second_id, second_code) = &legacy[1];
+    let typed = display(second_code).to_lowercase();
+    let used = redeem(&t, &typed, "order-1").await.expect("redeem");
+    assert_eq!(&used.coupon_id, second_id);
+    assert_eq!(used.code, display(second_code));
+    let twice = redeem(&t, second_code, "order-2").await.unwrap_err();
+    assert_code(&twice, Code::FailedPrecondition);
+    t.stop().await;
+}
+
+fn display(code: &str) -> String {
+    code.as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Every code `member_id` sees, page by page.
+async fn codes_of(t: &TestService, member_id: &str) -> Vec<String> {
+    let mut codes = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = coupons(t)
+            .list_member_coupons(t.request(
+                ListMemberCouponsRequest {
+                    program_id: PROGRAM.into(),
+                    member_id: member_id.into(),
+                    state: CouponState::Unspecified.into(),
+                    page: Some(PageRequest {
+                        page_size: 500,
+                        page_token: token.clone(),
+                    }),
+                },
+                &member(member_id),
+            ))
+            .await
+            .expect("list")
+            .into_inner();
+        codes.extend(page.coupons.into_iter().map(|c| c.code));
+        token = page.page.map(|p| p.next_page_token).unwrap_or_default();
+        if token.is_empty() {
+            return codes;
+        }
+    }
+}
+
+async fn a_row_holds_its_code_in_clear_or_sealed_never_both(engine: TestEngine) {
+    let t = start(engine).await;
+    let p = pool(&t, 30, 0).await;
+    let c = issue(&t, &p.pool_id, "m1").await.expect("issue");
+    let both = sqlx::query("UPDATE coupons SET code = $1 WHERE coupon_id = $2")
+        .bind(c.code.replace('-', ""))
+        .bind(&c.coupon_id)
+        .execute(t.rt("rewards").db.pool())
+        .await;
+    assert!(both.is_err(), "a clear code beside a sealed one was accepted");
+    let neither = sqlx::query("UPDATE coupons SET code_sealed = NULL WHERE coupon_id = $1")
+        .bind(&c.coupon_id)
+        .execute(t.rt("rewards").db.pool())
+        .await;
+    assert!(neither.is_err(), "a row without its code was accepted");
+    t.stop().await;
+}
+
+async fn a_sealed_code_copied_onto_another_coupon_does_not_open(engine: TestEngine) {
+    let t = start(engine).await;
+    let p = pool(&t, 30, 0).await;
+    let a = issue(&t, &p.pool_id, "m1").await.expect("issue");
+    let b = issue(&t, &p.pool_id, "m1").await.expect("issue");
+    let (_, _, sealed_a) = stored_code(&t, &a.coupon_id).await;
+    sqlx::query("UPDATE coupons SET code_sealed = $1 WHERE coupon_id = $2")
+        .bind(sealed_a)
+        .bind(&b.coupon_id)
+        .execute(t.rt("rewards").db.pool())
+        .await
+        .expect("copy the sealed code");
+    // showing b fails loudly; it never shows a's code as b's
+    let err = coupons(&t)
+        .list_member_coupons(t.request(
+            ListMemberCouponsRequest {
+                program_id: PROGRAM.into(),
+                member_id: "m1".into(),
+                state: CouponState::Unspecified.into(),
+                page: None,
+            },
+            &member("m1"),
+        ))
+        .await
+        .unwrap_err();
+    assert_code(&err, Code::Internal);
+    for code in [&a.code, &b.code] {
+        assert!(!err.message().contains(code.as_str()), "{err:?}");
+        assert!(!err.message().contains(&code.replace('-', "")), "{err:?}");
+    }
+    // b's own code still finds b's row, whose sealed code is not b's: refused
+    let typed_b = validate_as(&t, &backend(), &b.code).await.unwrap_err();
+    assert_code(&typed_b, Code::Internal);
+    let redeemed_b = redeem(&t, &b.code, "order-b").await.unwrap_err();
+    assert_code(&redeemed_b, Code::Internal);
+    // a is untouched
+    validate_as(&t, &backend(), &a.code).await.expect("a valid");
+    t.stop().await;
+}
+
+async fn codes_sealed_under_another_data_key_are_an_error_not_a_wrong_code(engine: TestEngine) {
+    // two services, each with its own random data key: a row moved from
+    // one to the other is a database restored beside the wrong key
+    let old = start(engine).await;
+    let new = start(engine).await;
+    let p_old = pool(&old, 30, 0).await;
+    let p_new = pool(&new, 30, 0).await;
+    let c = issue(&old, &p_old.pool_id, "m1").await.expect("issue");
+    let (_, digest, sealed) = stored_code(&old, &c.coupon_id).await;
+    sqlx::query(
+        "INSERT INTO coupons (coupon_id, program_id, pool_id, member_id, code, code_digest, \
+         code_sealed, source, issued_at, expires_at) \
+         VALUES ($1, $2, $3, 'm1', '', $4, $5, 'direct', 0, $6)",
+    )
+    .bind(&c.coupon_id)
+    .bind(PROGRAM)
+    .bind(&p_new.pool_id)
+    .bind(digest)
+    .bind(sealed)
+    .bind(i64::MAX)
+    .execute(new.rt("rewards").db.pool())
+    .await
+    .expect("restore the row");
+    let err = coupons(&new)
+        .list_member_coupons(new.request(
+            ListMemberCouponsRequest {
+                program_id: PROGRAM.into(),
+                member_id: "m1".into(),
+                state: CouponState::Unspecified.into(),
+                page: None,
+            },
+            &member("m1"),
+        ))
+        .await
+        .unwrap_err();
+    assert_code(&err, Code::Internal);
+    assert!(!err.message().contains(&c.code.replace('-', "")), "{err:?}");
+    // typed codes are looked up by a digest under the other key: not found
+    let typed = validate_as(&new, &backend(), &c.code).await.unwrap_err();
+    assert_code(&typed, Code::NotFound);
+    old.stop().await;
+    new.stop().await;
+}
+
 test_on_both_engines!(
     expiry_starts_at_the_validity_end_and_the_job_marks_each_coupon_once,
     campaign_grants_apply_once_however_often_delivered,
@@ -567,4 +925,9 @@ test_on_both_engines!(
     campaign_actions_issue_one_coupon_per_action,
     pools_stop_at_their_maximum_and_members_see_only_their_coupons,
     a_burst_of_concurrent_guesses_cannot_pass_the_limit,
+    codes_are_stored_sealed_and_found_by_what_is_typed,
+    legacy_clear_codes_are_sealed_by_the_start_up_job_and_stay_redeemable,
+    a_row_holds_its_code_in_clear_or_sealed_never_both,
+    a_sealed_code_copied_onto_another_coupon_does_not_open,
+    codes_sealed_under_another_data_key_are_an_error_not_a_wrong_code,
 );
