@@ -116,18 +116,17 @@ pub async fn start(
     let mut dbs = Vec::new();
 
     if !selection.services.is_empty() {
-        let data_key = match &config.data_key {
-            Some(k) => k.clone(),
-            None => {
-                if !config.is_embedded() {
-                    tracing::warn!(
-                        "LOYALTY_DATA_KEY is unset: using the key in {} (every replica must seal with the same key; set LOYALTY_DATA_KEY)",
-                        config.data_dir.join("data.key").display()
-                    );
-                }
-                DataKey::load_or_create(&config.data_dir.join("data.key"))
-                    .with_context(|| format!("data key under {}", config.data_dir.display()))?
+        let data_key = if let Some(k) = &config.data_key {
+            k.clone()
+        } else {
+            if !config.is_embedded() {
+                tracing::warn!(
+                    "LOYALTY_DATA_KEY is unset: using the key in {} (every replica must seal with the same key; set LOYALTY_DATA_KEY)",
+                    config.data_dir.join("data.key").display()
+                );
             }
+            DataKey::load_or_create(&config.data_dir.join("data.key"))
+                .with_context(|| format!("data key under {}", config.data_dir.display()))?
         };
         let bus: Arc<dyn EventBus> = match &config.nats_url {
             Some(url) => Arc::new(

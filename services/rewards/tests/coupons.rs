@@ -557,7 +557,10 @@ async fn ids_and_page_sizes_follow_the_rules_of_the_points_core(engine: TestEngi
 }
 
 /// The stored row of a coupon: its clear `code` column, digest and sealed code.
-async fn stored_code(t: &TestService, coupon_id: &str) -> (String, Option<Vec<u8>>, Option<Vec<u8>>) {
+async fn stored_code(
+    t: &TestService,
+    coupon_id: &str,
+) -> (String, Option<Vec<u8>>, Option<Vec<u8>>) {
     sqlx::query_as("SELECT code, code_digest, code_sealed FROM coupons WHERE coupon_id = $1")
         .bind(coupon_id)
         .fetch_one(t.rt("rewards").db.pool())
@@ -589,7 +592,11 @@ async fn code_is_stored(t: &TestService, code: &str) -> bool {
                 haystacks.push(bytes);
             }
         }
-        assert!(!haystacks.is_empty(), "no SQLite file at {}", path.display());
+        assert!(
+            !haystacks.is_empty(),
+            "no SQLite file at {}",
+            path.display()
+        );
     } else {
         for table in ["coupons", "idempotency_keys", "outbox"] {
             let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -642,7 +649,10 @@ async fn codes_are_stored_sealed_and_found_by_what_is_typed(engine: TestEngine) 
     let sealed = sealed.expect("sealed");
     assert_eq!((sealed.len(), sealed[0]), (45, 1));
     assert!(!contains(&sealed, c.code.replace('-', "").as_bytes()));
-    assert!(!code_is_stored(&t, &c.code).await, "the code is stored in clear");
+    assert!(
+        !code_is_stored(&t, &c.code).await,
+        "the code is stored in clear"
+    );
 
     // the member sees it again
     let listed = list(&t, "m1", CouponState::Issued).await;
@@ -671,7 +681,10 @@ async fn codes_are_stored_sealed_and_found_by_what_is_typed(engine: TestEngine) 
         .await
         .unwrap_err();
     assert_code(&elsewhere, Code::NotFound);
-    assert!(!code_is_stored(&t, &c.code).await, "the code is stored in clear");
+    assert!(
+        !code_is_stored(&t, &c.code).await,
+        "the code is stored in clear"
+    );
     t.stop().await;
 }
 
@@ -719,14 +732,15 @@ async fn insert_legacy(
     rows
 }
 
-async fn legacy_clear_codes_are_sealed_by_the_start_up_job_and_stay_redeemable(
-    engine: TestEngine,
-) {
+async fn legacy_clear_codes_are_sealed_by_the_start_up_job_and_stay_redeemable(engine: TestEngine) {
     let t = start(engine).await;
     let p = pool(&t, 30, 0).await;
     let legacy = insert_legacy(&t, &p.pool_id, "m1", 1_201).await;
     let (first_id, first_code) = legacy[0].clone();
-    assert!(code_is_stored(&t, &first_code).await, "the probe finds a clear code");
+    assert!(
+        code_is_stored(&t, &first_code).await,
+        "the probe finds a clear code"
+    );
     // before the job ran: found by its clear code, shown as stored
     let valid = validate_as(&t, &backend(), &first_code.to_lowercase())
         .await
@@ -821,7 +835,10 @@ async fn a_row_holds_its_code_in_clear_or_sealed_never_both(engine: TestEngine) 
         .bind(&c.coupon_id)
         .execute(t.rt("rewards").db.pool())
         .await;
-    assert!(both.is_err(), "a clear code beside a sealed one was accepted");
+    assert!(
+        both.is_err(),
+        "a clear code beside a sealed one was accepted"
+    );
     let neither = sqlx::query("UPDATE coupons SET code_sealed = NULL WHERE coupon_id = $1")
         .bind(&c.coupon_id)
         .execute(t.rt("rewards").db.pool())

@@ -462,12 +462,14 @@ impl CouponService for CouponApi {
         let rows = store::list_member_coupons(
             self.rt.db.pool(),
             &vault,
-            &req.program_id,
-            &req.member_id,
-            state,
-            now,
-            pg.after.as_deref(),
-            pg.fetch_limit(),
+            &store::MemberCoupons {
+                program_id: &req.program_id,
+                member_id: &req.member_id,
+                state,
+                now,
+                before: pg.after.as_deref(),
+                limit: pg.fetch_limit(),
+            },
         )
         .await?;
         let (rows, next) = paging::finish(rows, &pg, &print, |r| r.coupon_id.clone());

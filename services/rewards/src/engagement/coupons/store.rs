@@ -474,17 +474,32 @@ pub async fn redeem(
     Ok(done.rows_affected() == 1)
 }
 
-/// State filter of a member's list: 0 all, 1 usable, 2 redeemed, 3 expired.
+/// Which of a member's coupons a list holds.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberCoupons<'a> {
+    pub program_id: &'a str,
+    pub member_id: &'a str,
+    /// 0 all, 1 usable, 2 redeemed, 3 expired.
+    pub state: i64,
+    pub now: i64,
+    /// Only coupons before this id (the page cursor).
+    pub before: Option<&'a str>,
+    pub limit: i64,
+}
+
 pub async fn list_member_coupons(
     db: &AnyPool,
     vault: &CodeVault,
-    program_id: &str,
-    member_id: &str,
-    state: i64,
-    now: i64,
-    before: Option<&str>,
-    limit: i64,
+    q: &MemberCoupons<'_>,
 ) -> Result<Vec<CouponRow>, ServiceError> {
+    let MemberCoupons {
+        program_id,
+        member_id,
+        state,
+        now,
+        before,
+        limit,
+    } = *q;
     let rows: Vec<CouponTuple> = sqlx::query_as(concat!(
         "SELECT ",
         coupon_cols!(),
