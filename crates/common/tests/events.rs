@@ -553,6 +553,50 @@ async fn inbox_applies_a_redelivered_event_once(engine: TestEngine) {
     assert_eq!(second.deliver(&env).await.unwrap(), Outcome::Applied);
 }
 
+/// A group claims its inbox rows in one statement: an event handled
+/// before, and the second copy of an event within the group, come back as
+/// duplicates with no effect; the rest apply once, in order. Events of an
+/// ignored producer pass by without an inbox row.
+async fn group_delivery_applies_each_event_once(engine: TestEngine) {
+    let db = consumer_db(engine).await;
+    let consumer = Consumer::new("membership", db.db.clone(), Recorder::new())
+        .with_event_types(&["CheckedIn"])
+        .ignoring_producer("feedback");
+    let (a, b, c) = (check_in("m1", 1), check_in("m1", 2), check_in("m1", 3));
+    assert_eq!(consumer.deliver(&b).await.unwrap(), Outcome::Applied);
+    let mut own = check_in("m1", 4);
+    own.producer = "feedback".into();
+    let group = [a.clone(), b, a, own, c];
+    let outcomes: Vec<Outcome> = consumer
+        .deliver_group(&group)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Applied,
+            Outcome::Duplicate,
+            Outcome::Duplicate,
+            Outcome::Skipped,
+            Outcome::Applied
+        ]
+    );
+    assert_exactly_once(&db, 3).await;
+    let counters: Vec<i64> =
+        sqlx::query_scalar("SELECT counter FROM effects ORDER BY applied_order")
+            .fetch_all(db.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(counters, [2, 1, 3]);
+    assert_eq!(
+        count(&db.db, "SELECT CAST(COUNT(*) AS BIGINT) FROM inbox").await,
+        3,
+        "no inbox row for the ignored producer's event"
+    );
+}
+
 async fn published_rows_are_cleaned_up_after_retention(engine: TestEngine) {
     let producer = engine.database(&[]).await;
     let h = Harness::new(Transport::InProcess).await;
@@ -606,6 +650,9 @@ mod in_process {
     async fn cleanup(engine: TestEngine) {
         published_rows_are_cleaned_up_after_retention(engine).await;
     }
+    async fn group_once(engine: TestEngine) {
+        group_delivery_applies_each_event_once(engine).await;
+    }
 
     loyalty_common::test_on_both_engines!(
         exactly_once,
@@ -616,7 +663,8 @@ mod in_process {
         relays_take_turns,
         run_loop,
         inbox_dedupes,
-        cleanup
+        cleanup,
+        group_once
     );
 }
 

@@ -39,7 +39,10 @@ pub(crate) fn consumers(rt: &Arc<ServiceRuntime>) -> Vec<Consumer> {
             "SurveyCompleted",
             "MemberErased",
             "CampaignActionRequested",
-        ]),
+        ])
+        // our own announcements of RPC-recorded purchases and refunds are
+        // applied already: passed by without an inbox row
+        .ignoring_producer(PRODUCER),
     ]
 }
 
@@ -64,9 +67,6 @@ impl EventHandler for PointsEvents {
         let program = &event.program_id;
         let member = &event.member_id;
         match &event.payload {
-            // our own announcements of RPC-recorded purchases: already applied
-            Some(Payload::PurchaseCompleted(_) | Payload::OrderRefunded(_))
-                if event.producer == PRODUCER => {}
             Some(Payload::PurchaseCompleted(p)) => {
                 let purchase = pb::Purchase {
                     order_id: p.order_id.clone(),

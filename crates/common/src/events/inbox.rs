@@ -10,6 +10,7 @@
 //! its key never overtake it. Parked events are inspected and replayed by an
 //! operator (see docs/runbook).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tracing::Instrument;
 
 use super::BusError;
 use crate::ServiceError;
-use crate::db::{Db, Tx, now_micros};
+use crate::db::{Db, JsonType, Tx, engine_of, json_rows, now_micros};
 use crate::server::Shutdown;
 
 /// What a service does with an event. Its effects go into `tx`, which also
@@ -49,6 +50,7 @@ pub struct Consumer {
     db: Db,
     handler: Arc<dyn EventHandler>,
     event_types: Vec<String>,
+    ignored_producer: Option<String>,
     max_attempts: u32,
     backoff: Duration,
 }
@@ -70,6 +72,7 @@ impl Consumer {
             db,
             handler,
             event_types: Vec::new(),
+            ignored_producer: None,
             max_attempts: 5,
             backoff: Duration::from_millis(50),
         }
@@ -79,6 +82,15 @@ impl Consumer {
     #[must_use]
     pub fn with_event_types(mut self, types: &[&str]) -> Self {
         self.event_types = types.iter().map(|t| (*t).to_owned()).collect();
+        self
+    }
+
+    /// Not the events `producer` published: a service that announces
+    /// what it has already applied (its own PurchaseCompleted) lets its
+    /// consumer pass them by without an inbox row or a transaction.
+    #[must_use]
+    pub fn ignoring_producer(mut self, producer: &str) -> Self {
+        self.ignored_producer = Some(producer.to_owned());
         self
     }
 
@@ -101,6 +113,9 @@ impl Consumer {
     }
 
     pub fn wants(&self, event: &EventEnvelope) -> bool {
+        if self.ignored_producer.as_deref() == Some(event.producer.as_str()) {
+            return false;
+        }
         self.event_types.is_empty()
             || self
                 .event_types
@@ -226,11 +241,14 @@ impl Consumer {
 
     async fn apply_group(&self, events: &[EventEnvelope]) -> Result<Vec<Outcome>, ServiceError> {
         let mut tx = self.db.begin().await?;
+        let wanted: Vec<&EventEnvelope> = events.iter().filter(|e| self.wants(e)).collect();
+        let mut claimed = claim_inbox_all(&mut tx, &self.name, &wanted).await?;
         let mut outcomes = Vec::with_capacity(events.len());
         for event in events {
             if !self.wants(event) {
                 outcomes.push(Outcome::Skipped);
-            } else if !claim_inbox(&mut tx, &self.name, &event.event_id).await? {
+            } else if !claimed.remove(event.event_id.as_str()) {
+                // recorded before, or earlier in this group
                 outcomes.push(Outcome::Duplicate);
             } else {
                 let span = tracing::info_span!("consume", consumer = %self.name, event_type = %event.event_type, event_id = %event.event_id);
@@ -285,6 +303,37 @@ impl Consumer {
 /// database is unavailable.
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Records the event ids of a group in one statement (the same SQL for any
+/// count, rows bound as one JSON parameter); answers the ids it recorded,
+/// i.e. those not handled before.
+async fn claim_inbox_all(
+    tx: &mut Tx,
+    consumer: &str,
+    events: &[&EventEnvelope],
+) -> Result<HashSet<String>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows = json_rows(engine_of(tx), 3, "r", &[("event_id", JsonType::Text)]);
+    let ids = serde_json::Value::Array(
+        events
+            .iter()
+            .map(|e| serde_json::json!({ "event_id": e.event_id }))
+            .collect(),
+    );
+    // `WHERE true`: SQLite would read ON CONFLICT as a join's ON otherwise
+    let claimed: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO inbox (consumer, event_id, handled_at) SELECT $1, r.event_id, $2 FROM {rows} \
+         WHERE true ON CONFLICT DO NOTHING RETURNING event_id"
+    )))
+    .bind(consumer)
+    .bind(now_micros())
+    .bind(ids.to_string())
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(claimed.into_iter().collect())
+}
 
 /// Records the event id; false when it was there already.
 async fn claim_inbox(tx: &mut Tx, consumer: &str, event_id: &str) -> Result<bool, sqlx::Error> {

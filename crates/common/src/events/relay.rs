@@ -26,7 +26,7 @@ use loyalty_proto::events::EventEnvelope;
 use prost::Message;
 
 use super::{BusError, EventBus, OutboxNotifier};
-use crate::db::{Db, Engine, Tx, now_micros};
+use crate::db::{Db, Engine, Tx, engine_of, now_micros};
 use crate::server::Shutdown;
 
 /// Why a relay pass failed; the rows stay unpublished and are retried.
@@ -285,19 +285,33 @@ fn sqlite_lock(url: &str) -> Arc<tokio::sync::Mutex<()>> {
 }
 
 /// Marks rows by explicit sequence numbers: a range could cover a row that
-/// committed later (and was never published).
+/// committed later (and was never published). One statement of fixed SQL
+/// for any count (a statement per count would be prepared and planned anew
+/// for most batches): an array on PostgreSQL, probed through the primary
+/// key; a JSON array on SQLite.
 async fn mark(tx: &mut Tx, seqs: &[i64]) -> Result<(), sqlx::Error> {
-    for chunk in seqs.chunks(1000) {
-        let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "UPDATE outbox SET published_at = $1 WHERE seq IN ({})",
-            placeholders.join(", ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_micros());
-        for s in chunk {
-            q = q.bind(*s);
-        }
-        q.execute(&mut **tx).await?;
+    if seqs.is_empty() {
+        return Ok(());
     }
+    let list = seqs
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let (sql, list) = match engine_of(tx) {
+        Engine::Postgres => (
+            "UPDATE outbox SET published_at = $1 WHERE seq = ANY(CAST($2 AS bigint[]))",
+            format!("{{{list}}}"),
+        ),
+        Engine::Sqlite => (
+            "UPDATE outbox SET published_at = $1 WHERE seq IN (SELECT value FROM json_each($2))",
+            format!("[{list}]"),
+        ),
+    };
+    sqlx::query(sql)
+        .bind(now_micros())
+        .bind(list)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

@@ -141,33 +141,23 @@ pub async fn bump(
     member_id: &str,
     add: Counters,
 ) -> Result<Counters, ServiceError> {
-    sqlx::query(
-        "INSERT INTO badge_counters (program_id, member_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    // one statement: the member's first count creates the row
+    let (purchases, reviews, check_ins, best_streak): (i64, i64, i64, i64) = sqlx::query_as(
+        "INSERT INTO badge_counters (program_id, member_id, purchases, reviews, check_ins, best_streak) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (program_id, member_id) DO UPDATE SET \
+         purchases = badge_counters.purchases + excluded.purchases, \
+         reviews = badge_counters.reviews + excluded.reviews, \
+         check_ins = badge_counters.check_ins + excluded.check_ins, \
+         best_streak = CASE WHEN badge_counters.best_streak < excluded.best_streak \
+         THEN excluded.best_streak ELSE badge_counters.best_streak END \
+         RETURNING purchases, reviews, check_ins, best_streak",
     )
     .bind(program_id)
     .bind(member_id)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "UPDATE badge_counters SET purchases = purchases + $1, reviews = reviews + $2, \
-         check_ins = check_ins + $3, \
-         best_streak = CASE WHEN best_streak < $4 THEN $4 ELSE best_streak END \
-         WHERE program_id = $5 AND member_id = $6",
-    )
     .bind(add.purchases)
     .bind(add.reviews)
     .bind(add.check_ins)
     .bind(add.best_streak)
-    .bind(program_id)
-    .bind(member_id)
-    .execute(&mut **tx)
-    .await?;
-    let (purchases, reviews, check_ins, best_streak): (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT purchases, reviews, check_ins, best_streak FROM badge_counters \
-         WHERE program_id = $1 AND member_id = $2",
-    )
-    .bind(program_id)
-    .bind(member_id)
     .fetch_one(&mut **tx)
     .await?;
     Ok(Counters {
