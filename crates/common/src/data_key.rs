@@ -2,7 +2,9 @@
 //! codes are sealed with a sub-key of it and found by a keyed digest made
 //! with another. Services never use it directly: they derive a sub-key per
 //! purpose ([`DataKey::derive`]), so one purpose's key says nothing about
-//! another's. Losing it makes what it sealed unreadable.
+//! another's. Losing it makes what it sealed unreadable. A database sealed
+//! with it records its [`DataKeyId`], so a service started with another key
+//! can refuse to start instead of failing on each sealed value.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +24,32 @@ pub struct DataKey(Arc<[u8]>);
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DataKey(***)")
+    }
+}
+
+/// Purpose of the key identifier's derivation: no sub-key is derived for it.
+const ID_PURPOSE: &str = "loyalty.data-key.id.v1";
+
+/// Bytes of the derivation kept as the identifier (128 bits: collisions of
+/// two keys are out of reach, and it reveals nothing usable of the key).
+const ID_LEN: usize = 16;
+
+/// A public name of a data key: the first 16 bytes, in hex, of its
+/// derivation for a purpose of its own (`loyalty.data-key.id.v1`), so equal
+/// keys have equal ids and the id says nothing about the key or its
+/// sub-keys. Safe to store beside what the key sealed and to log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DataKeyId(String);
+
+impl DataKeyId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DataKeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -61,6 +89,11 @@ impl DataKey {
     pub fn derive(&self, purpose: &str) -> [u8; 32] {
         hkdf_sha256(b"loyalty data key v1", &self.0, purpose.as_bytes())
     }
+
+    /// The identifier a database sealed with this key records ([`DataKeyId`]).
+    pub fn id(&self) -> DataKeyId {
+        DataKeyId(hex::encode(&self.derive(ID_PURPOSE)[..ID_LEN]))
+    }
 }
 
 /// HKDF-SHA256 (RFC 5869) with one output block (L = 32).
@@ -95,6 +128,25 @@ mod tests {
         let other = DataKey::new("j".repeat(40)).unwrap();
         assert_ne!(k.derive("a"), other.derive("a"));
         assert_eq!(format!("{k:?}"), "DataKey(***)");
+    }
+
+    #[test]
+    fn the_id_names_the_key_without_being_a_sub_key() {
+        let k = DataKey::new("k".repeat(40)).unwrap();
+        let id = k.id();
+        assert_eq!(id, DataKey::new("k".repeat(40)).unwrap().id());
+        assert_ne!(id, DataKey::new("j".repeat(40)).unwrap().id());
+        assert_eq!(id.as_str().len(), 2 * ID_LEN);
+        assert!(id.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+        // neither the key nor a sub-key of the coupon code purposes
+        assert!(!id.as_str().contains(&hex::encode("k".repeat(16))));
+        for purpose in [
+            "rewards.coupon-code.seal.v1",
+            "rewards.coupon-code.lookup.v1",
+        ] {
+            assert!(!hex::encode(k.derive(purpose)).contains(id.as_str()));
+        }
+        assert_eq!(id.to_string(), id.as_str());
     }
 
     #[test]

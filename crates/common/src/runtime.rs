@@ -3,6 +3,8 @@
 //! service crate exports one [`ServiceDef`]; the launcher starts any set of
 //! them the same way, all in one process or one alone.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use loyalty_proto::common::ServiceInfo;
@@ -28,6 +30,32 @@ pub struct ServiceDef {
     pub consumers: fn(&Arc<ServiceRuntime>) -> Vec<Consumer>,
     /// The service's scheduled jobs (each run once across replicas).
     pub jobs: fn(&Arc<ServiceRuntime>) -> Vec<ScheduledJob>,
+    /// Checks that must pass before the service serves a call, consumes an
+    /// event or runs a job (rewards: its database was sealed with this data
+    /// key); an error stops the start ([`StartError::Prepare`]).
+    pub prepare: fn(Arc<ServiceRuntime>) -> Preparing,
+}
+
+/// What [`ServiceDef::prepare`] returns: the checks, run by [`assemble`].
+pub type Preparing = Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send>>;
+
+/// For services with nothing to check at start.
+pub fn no_prepare(_: Arc<ServiceRuntime>) -> Preparing {
+    Box::pin(async { Ok(()) })
+}
+
+/// Why [`assemble`] could not bring the services up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A service's start-up checks failed (the cause says why).
+    #[error("the {service} service cannot start")]
+    Prepare {
+        service: &'static str,
+        #[source]
+        source: ServiceError,
+    },
+    #[error(transparent)]
+    Bus(#[from] crate::events::BusError),
 }
 
 /// A job and when it runs.
@@ -130,8 +158,9 @@ impl ServiceRuntime {
 
 /// Brings `services` (each with its opened database) up on `server` the one
 /// way the launcher and the tests share: a runtime per service deciding by
-/// `clock` and sealing with `data_key`, its RPCs registered and its
-/// consumers subscribed to `bus`.
+/// `clock` and sealing with `data_key`, its start-up checks passed
+/// ([`ServiceDef::prepare`]), its RPCs registered and its consumers
+/// subscribed to `bus`.
 /// Relays ([`ServiceRuntime::relay`]) and jobs start afterwards, once every
 /// consumer of the process is subscribed, so no event is published before
 /// a consumer of this process listens.
@@ -142,7 +171,7 @@ pub async fn assemble(
     data_key: &DataKey,
     server: &mut GrpcServer,
     shutdown: &crate::server::Shutdown,
-) -> Result<Vec<(ServiceDef, Arc<ServiceRuntime>)>, crate::events::BusError> {
+) -> Result<Vec<(ServiceDef, Arc<ServiceRuntime>)>, StartError> {
     let mut runtimes = Vec::with_capacity(services.len());
     for (def, db) in services {
         let rt = Arc::new(
@@ -150,6 +179,12 @@ pub async fn assemble(
                 .with_clock(clock.clone())
                 .with_data_key(data_key.clone()),
         );
+        (def.prepare)(rt.clone())
+            .await
+            .map_err(|source| StartError::Prepare {
+                service: def.name,
+                source,
+            })?;
         (def.register)(rt.clone(), server);
         for consumer in (def.consumers)(&rt) {
             bus.subscribe(Arc::new(consumer), shutdown.clone()).await?;

@@ -177,6 +177,30 @@ impl std::fmt::Debug for TestService {
 impl TestService {
     /// Starts `defs` on `engine`; panics with the cause if anything fails.
     pub async fn start(defs: &[crate::runtime::ServiceDef], engine: TestEngine) -> Self {
+        let mut dbs = Vec::new();
+        let mut opened = Vec::new();
+        for def in defs {
+            let db = engine.database(def.migrations).await;
+            opened.push((*def, db.db.clone()));
+            dbs.push(db);
+        }
+        let data_key = crate::data_key::DataKey::random().expect("OS random source");
+        let mut svc = Self::start_on(opened, &data_key)
+            .await
+            .unwrap_or_else(|e| panic!("start test services: {}", error_chain(&e)));
+        svc._dbs = dbs;
+        svc
+    }
+
+    /// Starts `services` on databases the test opened itself (to start a
+    /// service again on the database of an earlier one), sealing with
+    /// `data_key`. A service refusing to start
+    /// ([`ServiceDef::prepare`](crate::runtime::ServiceDef::prepare)) is
+    /// the error; anything else panics with the cause.
+    pub async fn start_on(
+        services: Vec<(crate::runtime::ServiceDef, Db)>,
+        data_key: &crate::data_key::DataKey,
+    ) -> Result<Self, crate::runtime::StartError> {
         use std::sync::Arc;
 
         use crate::auth::{Minter, Secret, Verifier};
@@ -193,21 +217,17 @@ impl TestService {
             std::time::Duration::from_secs(60),
             std::time::Duration::from_secs(5),
         );
-        let mut dbs = Vec::new();
-        let mut opened = Vec::new();
-        for def in defs {
-            let db = engine.database(def.migrations).await;
-            opened.push((*def, db.db.clone()));
-            dbs.push(db);
-        }
-        let data_key = crate::data_key::DataKey::random().expect("OS random source");
-        let runtimes: Vec<_> =
-            crate::runtime::assemble(opened, &bus, &clock, &data_key, &mut server, &shutdown)
-                .await
-                .unwrap_or_else(|e| panic!("start test services: {e}"))
-                .into_iter()
-                .map(|(_, rt)| rt)
-                .collect();
+        let assembled =
+            crate::runtime::assemble(services, &bus, &clock, data_key, &mut server, &shutdown)
+                .await;
+        let runtimes: Vec<_> = match assembled {
+            Ok(started) => started.into_iter().map(|(_, rt)| rt).collect(),
+            Err(e) => {
+                // stop what the services before it subscribed
+                trigger.fire();
+                return Err(e);
+            }
+        };
         let mut tasks = tokio::task::JoinSet::new();
         for rt in &runtimes {
             let relay = rt
@@ -229,7 +249,7 @@ impl TestService {
             .connect()
             .await
             .unwrap_or_else(|e| panic!("connect to test server: {e}"));
-        Self {
+        Ok(Self {
             addr,
             channel,
             runtimes,
@@ -238,8 +258,8 @@ impl TestService {
             minter: Minter::new(secret),
             trigger,
             tasks,
-            _dbs: dbs,
-        }
+            _dbs: Vec::new(),
+        })
     }
 
     /// Where the gRPC server listens.
@@ -337,4 +357,17 @@ impl TestService {
             }
         }
     }
+}
+
+/// `err` and its causes, `: `-separated (what `{:#}` of anyhow prints), for
+/// asserting on and reporting a start-up error.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use loyalty_common::db::Tx;
 use loyalty_common::events::{self, Consumer, EventHandler, outbox};
-use loyalty_common::runtime::{ServiceDef, ServiceRuntime, no_jobs};
+use loyalty_common::runtime::{ServiceDef, ServiceRuntime, no_jobs, no_prepare};
 use loyalty_common::server::GrpcServer;
 use loyalty_common::testing::{TestEngine, TestService, staff};
 use loyalty_common::{ServiceError, test_on_both_engines};
@@ -56,6 +56,7 @@ const PROBE: ServiceDef = ServiceDef {
     register: no_grpc,
     consumers: echo_consumer,
     jobs: no_jobs,
+    prepare: no_prepare,
 };
 
 async fn harness_runs_a_service_end_to_end(engine: TestEngine) {

@@ -8,7 +8,7 @@
 
 mod grpc;
 
-use loyalty_common::runtime::{ServiceDef, no_consumers, no_jobs};
+use loyalty_common::runtime::{ServiceDef, no_consumers, no_jobs, no_prepare};
 
 /// How the launcher starts this service.
 pub const SERVICE: ServiceDef = ServiceDef {
@@ -17,4 +17,5 @@ pub const SERVICE: ServiceDef = ServiceDef {
     register: grpc::register,
     consumers: no_consumers,
     jobs: no_jobs,
+    prepare: no_prepare,
 };

@@ -21,7 +21,7 @@ pub mod tiering;
 use std::sync::Arc;
 
 use loyalty_common::db::Migrations;
-use loyalty_common::runtime::{ScheduledJob, ServiceDef, ServiceRuntime};
+use loyalty_common::runtime::{ScheduledJob, ServiceDef, ServiceRuntime, no_prepare};
 
 /// The service's own tables.
 pub const MIGRATIONS: Migrations = Migrations {
@@ -44,4 +44,5 @@ pub const SERVICE: ServiceDef = ServiceDef {
     register: grpc::register,
     consumers: events::consumers,
     jobs,
+    prepare: no_prepare,
 };

@@ -32,6 +32,7 @@ pub const SERVICE: ServiceDef = ServiceDef {
     register: grpc::register,
     consumers,
     jobs: scheduled_jobs,
+    prepare: loyalty_common::runtime::no_prepare,
 };
 
 /// The points core's consumers and the engagement ones.
