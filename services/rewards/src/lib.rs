@@ -6,6 +6,7 @@
 //! ledger API in [`store::ledger`]. It owns its database and reacts to and
 //! publishes domain events through the shared outbox and bus.
 
+mod data_key_check;
 pub mod domain;
 mod engagement;
 mod events;
@@ -32,7 +33,9 @@ pub const SERVICE: ServiceDef = ServiceDef {
     register: grpc::register,
     consumers,
     jobs: scheduled_jobs,
-    prepare: loyalty_common::runtime::no_prepare,
+    // the database must be sealed with the configured data key
+    // (docs/adr/0009-coupon-codes-at-rest.md): checked before anything runs
+    prepare: data_key_check::prepare,
 };
 
 /// The points core's consumers and the engagement ones.

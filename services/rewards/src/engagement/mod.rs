@@ -20,7 +20,8 @@ mod referrals;
 pub(crate) mod support;
 
 pub(crate) use coupons::{
-    seal_clear_codes as seal_clear_coupon_codes, sealing_job as coupon_code_sealing_job,
+    seal_clear_codes as seal_clear_coupon_codes, sealed_codes_open as sealed_coupon_codes_open,
+    sealing_job as coupon_code_sealing_job,
 };
 
 /// Adds the engagement gRPC services to the rewards server.

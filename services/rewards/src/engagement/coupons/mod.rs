@@ -59,3 +59,17 @@ pub(crate) async fn seal_clear_codes(
         .trigger(&sealing::CodeSealing::new(rt.clone()))
         .await
 }
+
+/// Whether the coupon codes already sealed in this database open with the
+/// data key of `rt` (probing one; true when none is sealed yet).
+pub(crate) async fn sealed_codes_open(
+    rt: &ServiceRuntime,
+) -> Result<bool, loyalty_common::ServiceError> {
+    let vault = vault::CodeVault::of(rt)?;
+    Ok(match store::any_sealed_code(rt.db.pool()).await? {
+        Some((program_id, coupon_id, sealed)) => {
+            vault.open(&program_id, &coupon_id, &sealed).is_ok()
+        }
+        None => true,
+    })
+}

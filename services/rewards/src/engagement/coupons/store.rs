@@ -556,6 +556,20 @@ pub async fn seal_clear_codes(
     Ok(sealed)
 }
 
+/// One sealed code (program, coupon, sealed form), if any row holds one:
+/// what the start-up key check opens to tell whether a database recorded
+/// no data key yet was sealed with the configured one.
+pub async fn any_sealed_code(
+    pool: &AnyPool,
+) -> Result<Option<(String, String, Vec<u8>)>, ServiceError> {
+    Ok(sqlx::query_as(
+        "SELECT program_id, coupon_id, code_sealed FROM coupons \
+         WHERE code_sealed IS NOT NULL LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// Takes one attempt of `caller`'s budget for the window starting at
 /// `window_start` if fewer than `max` are used; false when the budget is
 /// spent. An attempt counts while it runs, so a burst of concurrent
