@@ -163,7 +163,8 @@ pub struct TestService {
     minter: crate::auth::Minter,
     trigger: crate::server::ShutdownTrigger,
     tasks: tokio::task::JoinSet<()>,
-    _dbs: Vec<TestDb>,
+    /// The fresh databases of [`Self::start`], kept as long as the service.
+    dbs: Vec<TestDb>,
 }
 
 impl std::fmt::Debug for TestService {
@@ -188,7 +189,7 @@ impl TestService {
         let mut svc = Self::start_on(opened, &data_key)
             .await
             .unwrap_or_else(|e| panic!("start test services: {}", error_chain(&e)));
-        svc._dbs = dbs;
+        svc.dbs = dbs;
         svc
     }
 
@@ -258,7 +259,7 @@ impl TestService {
             minter: Minter::new(secret),
             trigger,
             tasks,
-            _dbs: Vec::new(),
+            dbs: Vec::new(),
         })
     }
 
