@@ -122,6 +122,45 @@ async fn a_badge_is_awarded_once_when_every_condition_holds(engine: TestEngine) 
     t.stop().await;
 }
 
+/// Many members' events delivered together (applied as one group with
+/// set-based statements): each member's facts count once, and only the
+/// member whose own count reaches the rule gets the badge, once.
+async fn members_delivered_together_are_counted_apart(engine: TestEngine) {
+    let t = start(engine).await;
+    define(&t, "regular", vec![condition(BadgeCounter::Purchases, 3)]).await;
+    let again = purchase("m3", "o2");
+    t.publish(&[
+        purchase("m1", "o1"),
+        purchase("m2", "o1"),
+        purchase("m3", "o1"),
+        purchase("m1", "o2"),
+        purchase("m2", "o2"),
+        purchase("m3", "o2"),
+        again.clone(),
+        again,
+        purchase("m1", "o3"),
+        review("m2", "r1"),
+    ])
+    .await;
+    t.settle().await;
+    let codes = |b: Vec<MemberBadge>| b.into_iter().map(|b| b.code).collect::<Vec<_>>();
+    assert_eq!(codes(held(&t, "m1").await), ["regular"]);
+    assert!(
+        held(&t, "m2").await.is_empty(),
+        "two purchases and a review"
+    );
+    assert!(held(&t, "m3").await.is_empty(), "o2 counted once");
+    t.publish(&[purchase("m1", "o4"), purchase("m3", "o3")])
+        .await;
+    t.settle().await;
+    assert_eq!(codes(held(&t, "m3").await), ["regular"]);
+    let awarded = emitted(&t, "BadgeAwarded").await;
+    let mut members: Vec<&str> = awarded.iter().map(|e| e.member_id.as_str()).collect();
+    members.sort_unstable();
+    assert_eq!(members, ["m1", "m3"]);
+    t.stop().await;
+}
+
 async fn a_streak_badge_needs_the_streak_not_just_check_ins(engine: TestEngine) {
     let t = start(engine).await;
     define(
@@ -245,5 +284,6 @@ async fn definitions_are_validated_and_keyed_by_code(engine: TestEngine) {
 test_on_both_engines!(
     a_badge_is_awarded_once_when_every_condition_holds,
     a_streak_badge_needs_the_streak_not_just_check_ins,
+    members_delivered_together_are_counted_apart,
     definitions_are_validated_and_keyed_by_code,
 );

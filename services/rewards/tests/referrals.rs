@@ -11,7 +11,7 @@ use loyalty_common::test_on_both_engines;
 use loyalty_common::testing::{TestEngine, TestService};
 use loyalty_proto::common::Money;
 use loyalty_proto::events::event_envelope::Payload;
-use loyalty_proto::events::{MemberEnrolled, MemberErased, PurchaseCompleted};
+use loyalty_proto::events::{EventEnvelope, MemberEnrolled, MemberErased, PurchaseCompleted};
 use loyalty_proto::loyalty::rewards::v1::rewards_service_client::RewardsServiceClient;
 use loyalty_proto::loyalty::rewards::v1::{
     AdjustRequest, ApplyReferralCodeRequest, ClawbackPolicy, GetProgramPolicyRequest,
@@ -36,8 +36,8 @@ async fn enroll(t: &TestService, member_id: &str, hashes: &[String]) {
     .await;
 }
 
-async fn purchase(t: &TestService, member_id: &str, order: &str, minor: i64) {
-    t.publish(&[event(
+fn purchase_event(member_id: &str, order: &str, minor: i64) -> EventEnvelope {
+    event(
         member_id,
         Payload::PurchaseCompleted(PurchaseCompleted {
             order_id: order.into(),
@@ -48,8 +48,11 @@ async fn purchase(t: &TestService, member_id: &str, order: &str, minor: i64) {
             channel: "store".into(),
             ..PurchaseCompleted::default()
         }),
-    )])
-    .await;
+    )
+}
+
+async fn purchase(t: &TestService, member_id: &str, order: &str, minor: i64) {
+    t.publish(&[purchase_event(member_id, order, minor)]).await;
     t.settle().await;
 }
 
@@ -162,6 +165,37 @@ async fn both_sides_are_rewarded_once_on_the_first_qualifying_purchase(engine: T
     let qualified = emitted(&t, "ReferralQualified").await;
     assert_eq!(qualified.len(), 1);
     assert_eq!(qualified[0].member_id, "alice");
+    t.stop().await;
+}
+
+/// Purchases of many members delivered together (one group, recorded with
+/// set-based statements): the referee's first qualifying order in delivery
+/// order qualifies the referral, once; the others' purchases change nothing.
+async fn purchases_delivered_together_qualify_once(engine: TestEngine) {
+    let t = start(engine).await;
+    set_terms(&t, true).await;
+    enroll(&t, "alice", &[hash('a')]).await;
+    enroll(&t, "bob", &[hash('b')]).await;
+    let code = code_of(&t, "alice").await;
+    let pending = apply(&t, "bob", &code).await.expect("apply");
+    t.publish(&[
+        purchase_event("carol", "c1", 90_000),
+        purchase_event("bob", "o1", 4_999),
+        purchase_event("dave", "d1", 90_000),
+        purchase_event("bob", "o2", 5_000),
+        purchase_event("bob", "o3", 90_000),
+        purchase_event("carol", "c2", 90_000),
+    ])
+    .await;
+    t.settle().await;
+    assert_eq!(
+        referral_credits(&t, &pending.referral_id).await,
+        [("alice".to_owned(), 100), ("bob".to_owned(), 50)]
+    );
+    let referral = referral_of(&t, "alice").await;
+    assert_eq!(referral.state(), ReferralState::Qualified);
+    assert_eq!(referral.qualifying_order_id, "o2");
+    assert_eq!(emitted(&t, "ReferralQualified").await.len(), 1);
     t.stop().await;
 }
 
@@ -404,6 +438,7 @@ async fn a_full_refund_under_the_negative_balance_policy_leaves_a_debt(engine: T
 
 test_on_both_engines!(
     both_sides_are_rewarded_once_on_the_first_qualifying_purchase,
+    purchases_delivered_together_qualify_once,
     self_referral_and_reused_contacts_are_refused,
     erasure_removes_the_contact_hashes,
     a_full_refund_takes_back_both_rewards_once_writing_off_what_was_spent,

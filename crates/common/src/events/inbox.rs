@@ -28,6 +28,23 @@ use crate::server::Shutdown;
 #[async_trait::async_trait]
 pub trait EventHandler: Send + Sync {
     async fn handle(&self, tx: &mut Tx, event: &EventEnvelope) -> Result<(), ServiceError>;
+
+    /// Applies the new events of a group (in their order, each claimed in
+    /// the inbox of `tx`). A handler that can apply a group with set-based
+    /// statements overrides this; the effects must be those of handling
+    /// the events one after the other.
+    async fn handle_group(
+        &self,
+        tx: &mut Tx,
+        events: &[&EventEnvelope],
+    ) -> Result<(), ServiceError> {
+        for event in events {
+            let span = tracing::info_span!("consume", event_type = %event.event_type, event_id = %event.event_id);
+            crate::telemetry::set_parent(&span, &event.trace_context);
+            self.handle(tx, event).instrument(span).await?;
+        }
+        Ok(())
+    }
 }
 
 /// What happened to one delivered event.
@@ -244,19 +261,23 @@ impl Consumer {
         let wanted: Vec<&EventEnvelope> = events.iter().filter(|e| self.wants(e)).collect();
         let mut claimed = claim_inbox_all(&mut tx, &self.name, &wanted).await?;
         let mut outcomes = Vec::with_capacity(events.len());
+        let mut new = Vec::with_capacity(wanted.len());
         for event in events {
             if !self.wants(event) {
                 outcomes.push(Outcome::Skipped);
-            } else if !claimed.remove(event.event_id.as_str()) {
+            } else if claimed.remove(event.event_id.as_str()) {
+                new.push(event);
+                outcomes.push(Outcome::Applied);
+            } else {
                 // recorded before, or earlier in this group
                 outcomes.push(Outcome::Duplicate);
-            } else {
-                let span = tracing::info_span!("consume", consumer = %self.name, event_type = %event.event_type, event_id = %event.event_id);
-                crate::telemetry::set_parent(&span, &event.trace_context);
-                self.handler.handle(&mut tx, event).instrument(span).await?;
-                outcomes.push(Outcome::Applied);
             }
         }
+        let span = tracing::info_span!("consume_group", consumer = %self.name, events = new.len());
+        self.handler
+            .handle_group(&mut tx, &new)
+            .instrument(span)
+            .await?;
         tx.commit().await?;
         Ok(outcomes)
     }

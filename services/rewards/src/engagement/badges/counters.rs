@@ -60,25 +60,90 @@ fn increment(payload: &Payload, event_id: &str) -> Option<(Counters, String)> {
 #[async_trait::async_trait]
 impl EventHandler for BadgeCounters {
     async fn handle(&self, tx: &mut Tx, event: &EventEnvelope) -> Result<(), ServiceError> {
-        let Some((add, fact)) = event
-            .payload
-            .as_ref()
-            .and_then(|p| increment(p, &event.event_id))
-        else {
-            return Ok(());
-        };
-        if event.member_id.is_empty() {
-            return Ok(());
+        self.handle_group(tx, &[event]).await
+    }
+
+    /// Counts a group's facts in a few statements whatever its size: the
+    /// facts at once, every member's counters at once, each program's
+    /// badges once. Counters only grow, so badges earned at the end of the
+    /// group are those that one event after the other would have awarded.
+    async fn handle_group(
+        &self,
+        tx: &mut Tx,
+        events: &[&EventEnvelope],
+    ) -> Result<(), ServiceError> {
+        let counted: Vec<(&EventEnvelope, Counters, String)> = events
+            .iter()
+            .filter(|e| !e.member_id.is_empty())
+            .filter_map(|e| {
+                let (add, fact) = increment(e.payload.as_ref()?, &e.event_id)?;
+                Some((*e, add, fact))
+            })
+            .collect();
+        let facts: Vec<store::Fact> = counted
+            .iter()
+            .map(|(e, _, f)| (e.program_id.as_str(), e.member_id.as_str(), f.as_str()))
+            .collect();
+        let mut new_facts = store::count_facts(tx, &facts).await?;
+        // what each member's new facts add up to, members in first-seen order
+        let mut adds: Vec<((&str, &str), Counters)> = Vec::new();
+        for (e, add, fact) in &counted {
+            let key = (e.program_id.clone(), e.member_id.clone(), fact.clone());
+            if !new_facts.remove(&key) {
+                continue; // counted before under another event id, or twice here
+            }
+            let member = (e.program_id.as_str(), e.member_id.as_str());
+            match adds.iter_mut().find(|(m, _)| *m == member) {
+                Some((_, sum)) => {
+                    sum.purchases += add.purchases;
+                    sum.reviews += add.reviews;
+                    sum.check_ins += add.check_ins;
+                    sum.best_streak = sum.best_streak.max(add.best_streak);
+                }
+                None => adds.push((member, *add)),
+            }
         }
-        let (program, member) = (event.program_id.as_str(), event.member_id.as_str());
-        if !store::count_fact(tx, program, member, &fact).await? {
-            return Ok(()); // counted before under another event id
+        let counters = store::bump_all(tx, &adds).await?;
+        let mut badges_of: Vec<(&str, Vec<store::BadgeRow>)> = Vec::new();
+        let mut awarded = false;
+        for ((program, member), _) in &adds {
+            let at = match badges_of.iter().position(|(p, _)| p == program) {
+                Some(i) => i,
+                None => {
+                    badges_of.push((program, store::all_badges(tx, program).await?));
+                    badges_of.len() - 1
+                }
+            };
+            let badges = &badges_of[at].1;
+            if badges.is_empty() {
+                continue;
+            }
+            let now_counters = counters
+                .get(&((*program).to_owned(), (*member).to_owned()))
+                .copied()
+                .ok_or_else(|| ServiceError::internal("the counter upsert answered no row"))?;
+            awarded |= self
+                .award(tx, program, member, badges, &now_counters)
+                .await?;
         }
-        let counters = store::bump(tx, program, member, add).await?;
-        let badges = store::all_badges(tx, program).await?;
-        if badges.is_empty() {
-            return Ok(());
+        if awarded {
+            self.rt.outbox.notify();
         }
+        Ok(())
+    }
+}
+
+impl BadgeCounters {
+    /// Awards the badges the member's counters now earn and it does not
+    /// hold; true when any was.
+    async fn award(
+        &self,
+        tx: &mut Tx,
+        program: &str,
+        member: &str,
+        badges: &[store::BadgeRow],
+        counters: &Counters,
+    ) -> Result<bool, ServiceError> {
         let held: HashSet<String> = store::held(tx, program, member)
             .await?
             .into_iter()
@@ -89,7 +154,7 @@ impl EventHandler for BadgeCounters {
             .collect();
         let now = now_micros(&self.rt);
         let mut awarded = false;
-        for code in rules::newly_earned(&defs, &counters, &held) {
+        for code in rules::newly_earned(&defs, counters, &held) {
             if store::award(tx, program, member, code, now).await? {
                 let name = badges
                     .iter()
@@ -109,9 +174,6 @@ impl EventHandler for BadgeCounters {
                 awarded = true;
             }
         }
-        if awarded {
-            self.rt.outbox.notify();
-        }
-        Ok(())
+        Ok(awarded)
     }
 }

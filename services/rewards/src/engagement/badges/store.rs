@@ -1,7 +1,9 @@
 //! Storage of badge definitions, member counters and awarded badges.
 
+use std::collections::{HashMap, HashSet};
+
 use loyalty_common::ServiceError;
-use loyalty_common::db::Tx;
+use loyalty_common::db::{JsonType, Tx, engine_of, json_rows};
 use sqlx::AnyPool;
 
 use super::rules::{Condition, Counter, Counters};
@@ -114,58 +116,107 @@ pub async fn all_badges(tx: &mut Tx, program_id: &str) -> Result<Vec<BadgeRow>, 
     Ok(rows.into_iter().map(badge).collect())
 }
 
-/// Records that `fact` was counted; false when it had been already.
-pub async fn count_fact(
+/// A member's fact to count: (program, member, fact).
+pub type Fact<'a> = (&'a str, &'a str, &'a str);
+
+/// Records facts as counted (one statement however many); answers those
+/// recorded now, i.e. not counted before. A fact given twice is recorded
+/// once.
+pub async fn count_facts(
     tx: &mut Tx,
-    program_id: &str,
-    member_id: &str,
-    fact: &str,
-) -> Result<bool, ServiceError> {
-    let done = sqlx::query(
-        "INSERT INTO badge_counted_facts (program_id, member_id, fact) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(program_id)
-    .bind(member_id)
-    .bind(fact)
-    .execute(&mut **tx)
+    facts: &[Fact<'_>],
+) -> Result<HashSet<(String, String, String)>, ServiceError> {
+    if facts.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let text = JsonType::Text;
+    let rows = json_rows(
+        engine_of(tx),
+        1,
+        "r",
+        &[("program_id", text), ("member_id", text), ("fact", text)],
+    );
+    let json = serde_json::Value::Array(
+        facts
+            .iter()
+            .map(|(p, m, f)| serde_json::json!({"program_id": p, "member_id": m, "fact": f}))
+            .collect(),
+    );
+    // `WHERE true`: SQLite would read ON CONFLICT as a join's ON otherwise
+    let counted: Vec<(String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO badge_counted_facts (program_id, member_id, fact) \
+         SELECT r.program_id, r.member_id, r.fact FROM {rows} WHERE true \
+         ON CONFLICT DO NOTHING RETURNING program_id, member_id, fact"
+    )))
+    .bind(json.to_string())
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(counted.into_iter().collect())
 }
 
-/// Adds to a member's counters (`streak` raises the best streak) and
-/// returns them after the change.
-pub async fn bump(
+/// Adds to members' counters (`best_streak` raises the best streak), one
+/// statement for all, and answers them after the change. The members must
+/// be distinct.
+pub async fn bump_all(
     tx: &mut Tx,
-    program_id: &str,
-    member_id: &str,
-    add: Counters,
-) -> Result<Counters, ServiceError> {
-    // one statement: the member's first count creates the row
-    let (purchases, reviews, check_ins, best_streak): (i64, i64, i64, i64) = sqlx::query_as(
+    adds: &[((&str, &str), Counters)],
+) -> Result<HashMap<(String, String), Counters>, ServiceError> {
+    if adds.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (text, int) = (JsonType::Text, JsonType::BigInt);
+    let rows = json_rows(
+        engine_of(tx),
+        1,
+        "r",
+        &[
+            ("program_id", text),
+            ("member_id", text),
+            ("purchases", int),
+            ("reviews", int),
+            ("check_ins", int),
+            ("best_streak", int),
+        ],
+    );
+    let json = serde_json::Value::Array(
+        adds.iter()
+            .map(|((p, m), c)| {
+                serde_json::json!({
+                    "program_id": p, "member_id": m, "purchases": c.purchases,
+                    "reviews": c.reviews, "check_ins": c.check_ins, "best_streak": c.best_streak,
+                })
+            })
+            .collect(),
+    );
+    // a member's first count creates the row
+    let rows: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO badge_counters (program_id, member_id, purchases, reviews, check_ins, best_streak) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (program_id, member_id) DO UPDATE SET \
+         SELECT r.program_id, r.member_id, r.purchases, r.reviews, r.check_ins, r.best_streak \
+         FROM {rows} WHERE true ON CONFLICT (program_id, member_id) DO UPDATE SET \
          purchases = badge_counters.purchases + excluded.purchases, \
          reviews = badge_counters.reviews + excluded.reviews, \
          check_ins = badge_counters.check_ins + excluded.check_ins, \
          best_streak = CASE WHEN badge_counters.best_streak < excluded.best_streak \
          THEN excluded.best_streak ELSE badge_counters.best_streak END \
-         RETURNING purchases, reviews, check_ins, best_streak",
-    )
-    .bind(program_id)
-    .bind(member_id)
-    .bind(add.purchases)
-    .bind(add.reviews)
-    .bind(add.check_ins)
-    .bind(add.best_streak)
-    .fetch_one(&mut **tx)
+         RETURNING program_id, member_id, purchases, reviews, check_ins, best_streak"
+    )))
+    .bind(json.to_string())
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(Counters {
-        purchases,
-        reviews,
-        check_ins,
-        best_streak,
-    })
+    Ok(rows
+        .into_iter()
+        .map(|(p, m, purchases, reviews, check_ins, best_streak)| {
+            (
+                (p, m),
+                Counters {
+                    purchases,
+                    reviews,
+                    check_ins,
+                    best_streak,
+                },
+            )
+        })
+        .collect())
 }
 
 /// Codes of the badges a member holds.

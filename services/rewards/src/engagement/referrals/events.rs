@@ -47,22 +47,74 @@ impl EventHandler for ReferralEvents {
                 store::add_contact_hashes(tx, program, member, &hashes).await
             }
             Some(Payload::MemberErased(_)) => store::erase_member(tx, program, member).await,
-            Some(Payload::PurchaseCompleted(p)) => self.purchase(tx, program, member, p).await,
+            Some(Payload::PurchaseCompleted(p)) => {
+                store::record_purchase(tx, program, member, &p.order_id).await?;
+                self.qualify(tx, program, member, p).await
+            }
             Some(Payload::OrderRefunded(r)) => self.refund(tx, program, member, r).await,
             _ => Ok(()),
         }
     }
+
+    /// Purchases, by far the most frequent event, go in runs: a run's
+    /// purchasers are recorded in one statement and the referees among
+    /// them found in one more; only those go on one by one. Every other
+    /// event is handled alone, in order.
+    async fn handle_group(
+        &self,
+        tx: &mut Tx,
+        events: &[&EventEnvelope],
+    ) -> Result<(), ServiceError> {
+        let purchase_of = |e: &EventEnvelope| match &e.payload {
+            Some(Payload::PurchaseCompleted(p)) if !e.member_id.is_empty() => Some(p.clone()),
+            _ => None,
+        };
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let run = rest.iter().take_while(|e| purchase_of(e).is_some()).count();
+            if run == 0 {
+                self.handle(tx, first).await?;
+                rest = &rest[1..];
+                continue;
+            }
+            let (purchases, after) = rest.split_at(run);
+            let rows: Vec<(&str, &str, &str)> = purchases
+                .iter()
+                .filter_map(|e| match &e.payload {
+                    Some(Payload::PurchaseCompleted(p)) => Some((
+                        e.program_id.as_str(),
+                        e.member_id.as_str(),
+                        p.order_id.as_str(),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            store::record_purchases(tx, &rows).await?;
+            let members: Vec<(&str, &str)> = rows.iter().map(|(p, m, _)| (*p, *m)).collect();
+            let referees = store::pending_referees(tx, &members).await?;
+            for e in purchases {
+                if referees.contains(&(e.program_id.clone(), e.member_id.clone()))
+                    && let Some(p) = purchase_of(e)
+                {
+                    self.qualify(tx, &e.program_id, &e.member_id, &p).await?;
+                }
+            }
+            rest = after;
+        }
+        Ok(())
+    }
 }
 
 impl ReferralEvents {
-    async fn purchase(
+    /// A recorded purchase qualifies the member's pending referral when it
+    /// meets the program's terms: both sides are rewarded, once.
+    async fn qualify(
         &self,
         tx: &mut Tx,
         program: &str,
         member: &str,
         p: &PurchaseCompleted,
     ) -> Result<(), ServiceError> {
-        store::record_purchase(tx, program, member, &p.order_id).await?;
         let Some(referral) = store::referral_of_referee(tx, program, member).await? else {
             return Ok(());
         };

@@ -1,8 +1,12 @@
 //! Storage of referral terms, codes, referrals, contact hashes and the
 //! members known to have purchased.
 
+use std::collections::HashSet;
+
 use loyalty_common::ServiceError;
-use loyalty_common::db::{Tx, is_unique_violation};
+use loyalty_common::db::{
+    JsonType, Tx, engine_of, is_unique_violation, json_rows, json_rows_lookup,
+};
 use sqlx::AnyPool;
 
 use crate::engagement::codes;
@@ -416,6 +420,79 @@ pub async fn record_purchase(
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// [`record_purchase`] of many purchases in one statement (a member's
+/// first order in input order is the one kept).
+pub async fn record_purchases(
+    tx: &mut Tx,
+    purchases: &[(&str, &str, &str)],
+) -> Result<(), ServiceError> {
+    if purchases.is_empty() {
+        return Ok(());
+    }
+    let text = JsonType::Text;
+    let rows = json_rows(
+        engine_of(tx),
+        1,
+        "r",
+        &[
+            ("program_id", text),
+            ("member_id", text),
+            ("order_id", text),
+        ],
+    );
+    let json = serde_json::Value::Array(
+        purchases
+            .iter()
+            .map(|(p, m, o)| serde_json::json!({"program_id": p, "member_id": m, "order_id": o}))
+            .collect(),
+    );
+    // `WHERE true`: SQLite would read ON CONFLICT as a join's ON otherwise
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO referral_purchasers (program_id, member_id, first_order_id) \
+         SELECT r.program_id, r.member_id, r.order_id FROM {rows} WHERE true ON CONFLICT DO NOTHING"
+    )))
+    .bind(json.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The members among `members` referred by someone and not yet
+/// qualified: one statement, probing the referee index per member.
+pub async fn pending_referees(
+    tx: &mut Tx,
+    members: &[(&str, &str)],
+) -> Result<HashSet<(String, String)>, ServiceError> {
+    if members.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let text = JsonType::Text;
+    let from = json_rows_lookup(
+        engine_of(tx),
+        1,
+        &[("program_id", text), ("member_id", text)],
+        "referrals",
+        "t.program_id = r.program_id AND t.referee_id = r.member_id",
+    );
+    let json = serde_json::Value::Array(
+        members
+            .iter()
+            .map(|(p, m)| serde_json::json!({"program_id": p, "member_id": m}))
+            .collect(),
+    );
+    let found: Vec<(String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT t.program_id, t.referee_id, t.state FROM {from}"
+    )))
+    .bind(json.to_string())
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(found
+        .into_iter()
+        .filter(|(_, _, state)| state == "pending")
+        .map(|(p, m, _)| (p, m))
+        .collect())
 }
 
 pub async fn has_purchased(
