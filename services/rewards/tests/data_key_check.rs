@@ -136,8 +136,8 @@ fn assert_refused_for_another_key(err: &str, keys: &[&DataKey], fills: &[&str]) 
     for fill in fills {
         assert!(!err.contains(&fill.repeat(8)), "key material in: {err}");
     }
-    for k in keys {
-        assert!(!err.contains(k.id().as_str()), "key id in: {err}");
+    for key in keys {
+        assert!(!err.contains(key.id().as_str()), "key id in: {err}");
     }
 }
 
@@ -145,38 +145,37 @@ async fn the_first_start_records_the_key_and_a_restart_with_it_serves_its_codes(
     engine: TestEngine,
 ) {
     let db = Database::fresh(engine).await;
-    let k = key("k");
-    let first = db.start(&k).await.expect("first start");
+    let ours = key("k");
+    let first = db.start(&ours).await.expect("first start");
     let coupon = issue_one(&first).await;
     first.stop().await;
     let recorded = db.recorded().await;
-    assert_eq!(recorded, vec![k.id().to_string()]);
+    assert_eq!(recorded, vec![ours.id().to_string()]);
     assert_eq!(recorded[0].len(), 32, "16 bytes in hex");
     assert!(!recorded[0].contains(&hex::encode("kkkk")));
 
-    let again = db.start(&k).await.expect("restart with the same key");
+    let again = db.start(&ours).await.expect("restart with the same key");
     assert_eq!(codes_of_m1(&again).await, vec![coupon.code]);
     again.stop().await;
-    assert_eq!(db.recorded().await, vec![k.id().to_string()]);
+    assert_eq!(db.recorded().await, vec![ours.id().to_string()]);
 }
 
 async fn a_restart_with_another_key_is_refused_and_changes_nothing(engine: TestEngine) {
     let db = Database::fresh(engine).await;
-    let (k, j) = (key("k"), key("j"));
-    let first = db.start(&k).await.expect("first start");
+    let (ours, other) = (key("k"), key("j"));
+    let first = db.start(&ours).await.expect("first start");
     let coupon = issue_one(&first).await;
     first.stop().await;
 
     let err = db
-        .start(&j)
+        .start(&other)
         .await
-        .err()
-        .expect("a start with another key is refused");
-    assert_refused_for_another_key(&err, &[&k, &j], &["k", "j"]);
-    assert_eq!(db.recorded().await, vec![k.id().to_string()]);
+        .expect_err("a start with another key is refused");
+    assert_refused_for_another_key(&err, &[&ours, &other], &["k", "j"]);
+    assert_eq!(db.recorded().await, vec![ours.id().to_string()]);
 
     // the right key again: everything as it was
-    let back = db.start(&k).await.expect("restart with the right key");
+    let back = db.start(&ours).await.expect("restart with the right key");
     assert_eq!(codes_of_m1(&back).await, vec![coupon.code]);
     back.stop().await;
 }
@@ -185,42 +184,42 @@ async fn replicas_starting_together_with_different_keys_leave_one_recorded(engin
     let db = Database::fresh(engine).await;
     // migrate first, as the first replica would have
     db.open().await.close().await;
-    let (k, j) = (key("k"), key("j"));
-    let (a, b) = tokio::join!(db.start(&k), db.start(&j));
+    let (ours, other) = (key("k"), key("j"));
+    let (with_ours, with_other) = tokio::join!(db.start(&ours), db.start(&other));
     let recorded = db.recorded().await;
     assert_eq!(recorded.len(), 1, "{recorded:?}");
-    match (a, b) {
-        (Ok(a), Err(e)) => {
-            assert_eq!(recorded, vec![k.id().to_string()]);
-            assert_refused_for_another_key(&e, &[&k, &j], &["k", "j"]);
-            a.stop().await;
+    match (with_ours, with_other) {
+        (Ok(started), Err(refusal)) => {
+            assert_eq!(recorded, vec![ours.id().to_string()]);
+            assert_refused_for_another_key(&refusal, &[&ours, &other], &["k", "j"]);
+            started.stop().await;
         }
-        (Err(e), Ok(b)) => {
-            assert_eq!(recorded, vec![j.id().to_string()]);
-            assert_refused_for_another_key(&e, &[&k, &j], &["k", "j"]);
-            b.stop().await;
+        (Err(refusal), Ok(started)) => {
+            assert_eq!(recorded, vec![other.id().to_string()]);
+            assert_refused_for_another_key(&refusal, &[&ours, &other], &["k", "j"]);
+            started.stop().await;
         }
-        (a, b) => panic!(
+        (with_ours, with_other) => panic!(
             "exactly one replica must start: {:?} / {:?}",
-            a.as_ref().err(),
-            b.as_ref().err()
+            with_ours.as_ref().err(),
+            with_other.as_ref().err()
         ),
     }
     // replicas with the recorded key all start
-    let recorded_key = if recorded[0] == k.id().as_str() {
-        &k
+    let recorded_key = if recorded[0] == ours.id().as_str() {
+        &ours
     } else {
-        &j
+        &other
     };
-    let (a, b) = tokio::join!(db.start(recorded_key), db.start(recorded_key));
-    a.expect("replica a").stop().await;
-    b.expect("replica b").stop().await;
+    let (first, second) = tokio::join!(db.start(recorded_key), db.start(recorded_key));
+    first.expect("first replica").stop().await;
+    second.expect("second replica").stop().await;
 }
 
 async fn a_database_sealed_before_the_check_is_recorded_only_with_its_key(engine: TestEngine) {
     let db = Database::fresh(engine).await;
-    let (k, j) = (key("k"), key("j"));
-    let first = db.start(&k).await.expect("first start");
+    let (ours, other) = (key("k"), key("j"));
+    let first = db.start(&ours).await.expect("first start");
     let coupon = issue_one(&first).await;
     first.stop().await;
     // as sealed by a version before migration 0055: no identifier recorded
@@ -232,17 +231,19 @@ async fn a_database_sealed_before_the_check_is_recorded_only_with_its_key(engine
     raw.close().await;
 
     let err = db
-        .start(&j)
+        .start(&other)
         .await
-        .err()
-        .expect("codes sealed with k do not open with j");
-    assert_refused_for_another_key(&err, &[&k, &j], &["k", "j"]);
-    assert!(db.recorded().await.is_empty(), "nothing recorded for j");
+        .expect_err("codes sealed with our key do not open with the other");
+    assert_refused_for_another_key(&err, &[&ours, &other], &["k", "j"]);
+    assert!(
+        db.recorded().await.is_empty(),
+        "nothing recorded for the other key"
+    );
 
-    let back = db.start(&k).await.expect("the key the codes open with");
+    let back = db.start(&ours).await.expect("the key the codes open with");
     assert_eq!(codes_of_m1(&back).await, vec![coupon.code]);
     back.stop().await;
-    assert_eq!(db.recorded().await, vec![k.id().to_string()]);
+    assert_eq!(db.recorded().await, vec![ours.id().to_string()]);
 }
 
 test_on_both_engines!(
