@@ -82,12 +82,22 @@ pub mod bench_support {
     pub async fn run_points_expiry(
         rt: &Arc<ServiceRuntime>,
     ) -> Result<Option<RunReport>, ServiceError> {
+        run_points_expiry_in_chunks(rt, None).await
+    }
+
+    /// [`run_points_expiry`] with chunks of `chunk` lots (tests of the
+    /// run's cursor), or the job's own size.
+    pub async fn run_points_expiry_in_chunks(
+        rt: &Arc<ServiceRuntime>,
+        chunk: Option<i64>,
+    ) -> Result<Option<RunReport>, ServiceError> {
+        let mut job = crate::jobs::PointsExpiry::new(rt.clone(), crate::jobs::Scope::all());
+        if let Some(chunk) = chunk {
+            job = job.with_chunk(chunk);
+        }
         JobRunner::new(rt.db.clone())
             .with_lease(std::time::Duration::from_secs(600))
-            .trigger(&crate::jobs::PointsExpiry::new(
-                rt.clone(),
-                crate::jobs::Scope::all(),
-            ))
+            .trigger(&job)
             .await
     }
 }

@@ -16,6 +16,7 @@ use tonic::Code;
 test_on_both_engines!(
     a_triggered_run_covers_the_callers_program_only,
     expire_entries_record_the_lots_they_emptied,
+    a_run_in_small_chunks_goes_on_from_each_chunks_last_lot,
 );
 
 const OTHER: &str = "prog-2";
@@ -187,6 +188,66 @@ async fn expire_entries_record_the_lots_they_emptied(engine: TestEngine) {
     // idempotent: a rerun expires nothing and writes nothing
     assert_eq!(r.run_job(pb::LifecycleJob::Expiry).await.processed, 0);
     assert_eq!(r.entries("m1").await.len(), 4);
+    r.assert_ledger_ok().await;
+    r.t.stop().await;
+}
+
+/// Expiry in chunks of 3 lots: each chunk starts after the last lot the one
+/// before expired (the run's cursor), every due lot of every member is
+/// expired once, a member whose lots straddle chunks gets an entry per
+/// chunk, and the balances and the ledger agree.
+async fn a_run_in_small_chunks_goes_on_from_each_chunks_last_lot(engine: TestEngine) {
+    let r = Rewards::start(engine).await;
+    r.set_policy(pb::ProgramPolicy {
+        pending_days: 0,
+        ..lifecycle_policy(PROGRAM)
+    })
+    .await;
+    r.t.clock().set(at("2026-01-31T12:00:00Z"));
+    let mut order = 0;
+    for (member_id, lots) in [("m1", 4), ("m2", 3), ("m3", 2)] {
+        for _ in 0..lots {
+            order += 1;
+            r.buy(
+                member_id,
+                purchase(&format!("o-{order}"), vec![line("a", "food", 1_000)]),
+            )
+            .await;
+        }
+    }
+    r.redeem("m1", 15, "k").await.unwrap();
+    // January's lots are due at the local month end; a February lot is not
+    r.t.clock().set(at("2026-02-01T12:00:00Z"));
+    r.buy("m2", purchase("o-late", vec![line("a", "food", 1_000)]))
+        .await;
+    r.t.clock().set(at("2026-02-10T00:00:00Z"));
+    let rt = r.t.rt("rewards").clone();
+    let report = loyalty_rewards::bench_support::run_points_expiry_in_chunks(&rt, Some(3))
+        .await
+        .unwrap()
+        .expect("the run");
+    // nine lots, of which the redemption emptied m1's first
+    assert_eq!(report.processed, 8, "every due lot holding points, once");
+    assert!(report.chunks >= 3, "{} chunks", report.chunks);
+    for (member_id, left) in [("m1", 0), ("m2", 10), ("m3", 0)] {
+        let b = balance(&r, PROGRAM, member_id).await;
+        assert_eq!(b.available, left, "{member_id}");
+    }
+    let expired = |entries: Vec<pb::LedgerEntry>| -> i64 {
+        entries
+            .iter()
+            .filter(|e| e.kind == pb::EntryKind::Expire as i32)
+            .map(|e| e.points)
+            .sum()
+    };
+    assert_eq!(expired(r.entries("m1").await), -25);
+    assert_eq!(expired(r.entries("m2").await), -30);
+    assert_eq!(expired(r.entries("m3").await), -20);
+    let rerun = loyalty_rewards::bench_support::run_points_expiry_in_chunks(&rt, Some(3))
+        .await
+        .unwrap()
+        .expect("the rerun");
+    assert_eq!(rerun.processed, 0);
     r.assert_ledger_ok().await;
     r.t.stop().await;
 }

@@ -15,7 +15,13 @@
 //!
 //! Idempotent: an expired lot holds nothing, so a rerun finds nothing
 //! twice. Resumable: each chunk commits its effects with the job's
-//! checkpoint (`loyalty_common::jobs`).
+//! checkpoint (`loyalty_common::jobs`): the index key of the chunk's last
+//! lot, where the next chunk starts. Starting there rather than at the
+//! front of the index matters on PostgreSQL, whose index keeps the entries
+//! of emptied lots until vacuum: every chunk would step over all the lots
+//! the run had emptied so far. (A lot that falls due behind the cursor
+//! while a run goes on, e.g. a purchase back-dated beyond its expiry, is
+//! left to the next run.)
 
 use std::sync::Arc;
 
@@ -56,14 +62,84 @@ impl PointsExpiry {
         }
     }
 
-    /// The chunk: the first lots due in index order (`$1` now, `$2` the
-    /// chunk size, `$3` the program of a scoped run).
+    /// Chunks of `chunk` lots instead of the default.
+    #[must_use]
+    pub(crate) fn with_chunk(mut self, chunk: i64) -> Self {
+        self.chunk = chunk.max(1);
+        self
+    }
+
+    /// The chunk: the first lots due in index order after the cursor
+    /// (`$1` now, `$2` the chunk size, `$3` the program of a scoped run,
+    /// `$4`-`$7` the cursor; see [`bind_chunk!`]).
     fn chunk_sql(&self) -> String {
         format!(
             "SELECT lot_id FROM lots WHERE remaining > 0 AND expires_at IS NOT NULL \
-             AND expires_at <= $1 {} ORDER BY expires_at, program_id, member_id, lot_id LIMIT $2",
+             AND expires_at <= $1 {} AND (expires_at, program_id, member_id, lot_id) > ($4, $5, $6, $7) \
+             ORDER BY expires_at, program_id, member_id, lot_id LIMIT $2",
             self.scope.filter("$3")
         )
+    }
+}
+
+/// Binds the chunk query's parameters `$1`-`$7` (the program is bound in
+/// an unscoped run too, so that the numbers after it stay fixed).
+macro_rules! bind_chunk {
+    ($q:expr, $job:expr, $now:expr, $cursor:expr) => {
+        $q.bind($now)
+            .bind($job.chunk)
+            .bind($job.scope.program_id().unwrap_or_default().to_owned())
+            .bind($cursor.expires_at)
+            .bind($cursor.program_id.clone())
+            .bind($cursor.member_id.clone())
+            .bind($cursor.lot_id.clone())
+    };
+}
+
+/// Where a run goes on: the `lots_expiry` key of the last lot expired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Cursor {
+    expires_at: i64,
+    program_id: String,
+    member_id: String,
+    lot_id: String,
+}
+
+impl Cursor {
+    /// Before every lot.
+    fn start() -> Self {
+        Self {
+            expires_at: i64::MIN,
+            ..Self::default()
+        }
+    }
+
+    /// The run's checkpoint; a missing or unreadable one (a run checkpointed
+    /// by an older version) starts over, which is safe: expired lots hold
+    /// nothing and are not due again.
+    fn parse(cursor: Option<&str>) -> Self {
+        let read = |c: &str| -> Option<Self> {
+            let v: serde_json::Value = serde_json::from_str(c).ok()?;
+            let text = |i: usize| v.get(i)?.as_str().map(str::to_owned);
+            Some(Self {
+                expires_at: v.get(0)?.as_i64()?,
+                program_id: text(1)?,
+                member_id: text(2)?,
+                lot_id: text(3)?,
+            })
+        };
+        cursor.and_then(read).unwrap_or_else(Self::start)
+    }
+
+    /// `[expires_at, program, member, lot]` as JSON.
+    fn encode(&self) -> String {
+        serde_json::json!([
+            self.expires_at,
+            self.program_id,
+            self.member_id,
+            self.lot_id
+        ])
+        .to_string()
     }
 }
 
@@ -84,21 +160,21 @@ impl Job for PointsExpiry {
         self.scope.job_name()
     }
 
-    async fn run_chunk(&self, tx: &mut Tx, _run: &RunState) -> Result<ChunkOutcome, ServiceError> {
+    async fn run_chunk(&self, tx: &mut Tx, run: &RunState) -> Result<ChunkOutcome, ServiceError> {
         let now = self.rt.clock.now().timestamp_micros();
+        let cursor = Cursor::parse(run.cursor.as_deref());
         let chunk_sql = self.chunk_sql();
         let members_sql = format!(
             "SELECT DISTINCT program_id, member_id FROM lots WHERE lot_id IN ({chunk_sql})"
         );
-        let members: Vec<(String, String)> = self
-            .scope
-            .bind(
-                sqlx::query_as(sqlx::AssertSqlSafe(members_sql))
-                    .bind(now)
-                    .bind(self.chunk),
-            )
-            .fetch_all(&mut **tx)
-            .await?;
+        let members: Vec<(String, String)> = bind_chunk!(
+            sqlx::query_as(sqlx::AssertSqlSafe(members_sql)),
+            self,
+            now,
+            cursor
+        )
+        .fetch_all(&mut **tx)
+        .await?;
         if members.is_empty() {
             return Ok(ChunkOutcome {
                 next_cursor: None,
@@ -117,15 +193,14 @@ impl Job for PointsExpiry {
              FROM lots WHERE lot_id IN ({chunk_sql}) GROUP BY program_id, member_id \
              ORDER BY program_id, member_id"
         );
-        let rows: Vec<(String, String, i64, i64, i64)> = self
-            .scope
-            .bind(
-                sqlx::query_as(sqlx::AssertSqlSafe(sums_sql))
-                    .bind(now)
-                    .bind(self.chunk),
-            )
-            .fetch_all(&mut **tx)
-            .await?;
+        let rows: Vec<(String, String, i64, i64, i64)> = bind_chunk!(
+            sqlx::query_as(sqlx::AssertSqlSafe(sums_sql)),
+            self,
+            now,
+            cursor
+        )
+        .fetch_all(&mut **tx)
+        .await?;
         if let Some(stranger) = rows.iter().find(|r| !lanes.holds(&r.0, &r.1)) {
             // a lot of another member became due meanwhile (a transfer
             // from expired lots): the run resumes here next time
@@ -146,21 +221,42 @@ impl Job for PointsExpiry {
             })
             .collect();
         let lots: i64 = losses.iter().map(|l| l.lots).sum();
+        let last_sql = format!(
+            "SELECT expires_at, program_id, member_id, lot_id FROM lots WHERE lot_id IN ({chunk_sql}) \
+             ORDER BY expires_at DESC, program_id DESC, member_id DESC, lot_id DESC LIMIT 1"
+        );
+        let (expires_at, program_id, member_id, lot_id): (i64, String, String, String) =
+            bind_chunk!(
+                sqlx::query_as(sqlx::AssertSqlSafe(last_sql)),
+                self,
+                now,
+                cursor
+            )
+            .fetch_one(&mut **tx)
+            .await?;
+        let next = Cursor {
+            expires_at,
+            program_id,
+            member_id,
+            lot_id,
+        };
         // which lots each entry takes, before they are emptied
         // (VALUES rows, not JSON ones: SQLite would plan the JSON rows as
         // the inner side and parse them once per lot of the chunk)
         let mut used = 0u64;
         for part in losses.chunks(ROWS) {
-            used += record_uses(tx, &chunk_sql, &self.scope, now, self.chunk, part).await?;
+            used += record_uses(tx, self, &chunk_sql, now, &cursor, part).await?;
         }
         let update_sql = format!("UPDATE lots SET remaining = 0 WHERE lot_id IN ({chunk_sql})");
-        let mut u = sqlx::query(sqlx::AssertSqlSafe(update_sql))
-            .bind(now)
-            .bind(self.chunk);
-        if let Some(p) = self.scope.program_id() {
-            u = u.bind(p.to_owned());
-        }
-        let updated = u.execute(&mut **tx).await?.rows_affected();
+        let updated = bind_chunk!(
+            sqlx::query(sqlx::AssertSqlSafe(update_sql)),
+            self,
+            now,
+            cursor
+        )
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
         if u64::try_from(lots).ok() != Some(updated) || used != updated {
             return Err(ServiceError::internal(format!(
                 "expiry chunk changed under its lock: {lots} lots summed, {used} recorded, {updated} expired"
@@ -221,7 +317,7 @@ impl Job for PointsExpiry {
         outbox::append_all(tx, &events).await?;
         self.rt.outbox.notify();
         Ok(ChunkOutcome {
-            next_cursor: (lots == self.chunk).then(|| "more".to_owned()),
+            next_cursor: (lots == self.chunk).then(|| next.encode()),
             processed: u64::try_from(lots).unwrap_or(0),
         })
     }
@@ -251,14 +347,14 @@ fn values(rows: usize, width: usize, first: usize, casts: &[Option<&str>]) -> St
 /// (`lot_uses`: lot, points it held); answers the rows written.
 async fn record_uses(
     tx: &mut Tx,
+    job: &PointsExpiry,
     chunk_sql: &str,
-    scope: &Scope,
     now: i64,
-    chunk: i64,
+    cursor: &Cursor,
     part: &[Loss],
 ) -> Result<u64, ServiceError> {
-    // $1..$3 belong to the chunk's query, the members follow
-    let m = values(part.len(), 3, 4, &[]);
+    // $1..$7 belong to the chunk's query, the members follow
+    let m = values(part.len(), 3, 8, &[]);
     let sql = format!(
         "WITH m (program_id, member_id, entry_id) AS (VALUES {m}) \
          INSERT INTO lot_uses (entry_id, lot_id, points) \
@@ -266,9 +362,7 @@ async fn record_uses(
          JOIN m ON l.program_id = m.program_id AND l.member_id = m.member_id \
          WHERE l.lot_id IN ({chunk_sql})"
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(chunk);
-    // $3 is bound either way so the members' numbers stay fixed
-    q = q.bind(scope.program_id().unwrap_or_default().to_owned());
+    let mut q = bind_chunk!(sqlx::query(sqlx::AssertSqlSafe(sql)), job, now, cursor);
     for l in part {
         q = q
             .bind(l.program_id.clone())
@@ -276,4 +370,22 @@ async fn record_uses(
             .bind(l.entry_id.clone());
     }
     Ok(q.execute(&mut **tx).await?.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cursor;
+
+    #[test]
+    fn a_cursor_survives_its_checkpoint_and_a_foreign_one_starts_over() {
+        let c = Cursor {
+            expires_at: 1_767_225_600_000_000,
+            program_id: "p\"1".into(),
+            member_id: "m,1".into(),
+            lot_id: "L9".into(),
+        };
+        assert_eq!(Cursor::parse(Some(&c.encode())), c);
+        assert_eq!(Cursor::parse(Some("more")), Cursor::start());
+        assert_eq!(Cursor::parse(None), Cursor::start());
+    }
 }

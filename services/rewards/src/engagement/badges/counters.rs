@@ -107,12 +107,11 @@ impl EventHandler for BadgeCounters {
         let mut badges_of: Vec<(&str, Vec<store::BadgeRow>)> = Vec::new();
         let mut awarded = false;
         for ((program, member), _) in &adds {
-            let at = match badges_of.iter().position(|(p, _)| p == program) {
-                Some(i) => i,
-                None => {
-                    badges_of.push((program, store::all_badges(tx, program).await?));
-                    badges_of.len() - 1
-                }
+            let at = if let Some(i) = badges_of.iter().position(|(p, _)| p == program) {
+                i
+            } else {
+                badges_of.push((program, store::all_badges(tx, program).await?));
+                badges_of.len() - 1
             };
             let badges = &badges_of[at].1;
             if badges.is_empty() {
