@@ -28,7 +28,7 @@ use super::ledger::{
 };
 use super::ledger_lanes::{LockedLanes, lock_lanes};
 use super::{ledger_policy, ledger_queries, rules_cache, rules_member};
-use crate::domain::earning_rules::{Evaluation, Line, PurchaseFacts, evaluate_purchase};
+use crate::domain::earning_rules::{CapUsage, Evaluation, Line, PurchaseFacts, evaluate_purchase};
 use crate::domain::expiry::{Clawback, PointsPolicy};
 use crate::domain::ledger_refund::{LineState, RefundAsk, plan_clawback, plan_refund};
 use crate::validation::check_id;
@@ -176,33 +176,33 @@ pub(crate) async fn evaluate(
     input: &PurchaseInput,
 ) -> Result<Evaluation, ServiceError> {
     let terms = rules_cache::terms(tx, db, &input.program_id).await?;
+    check_currency(&terms.policy, input)?;
     let mut member = rules_member::load(tx, &input.program_id, &input.member_id).await?;
     member.purchase_count += 1;
-    evaluate_for(tx, &terms, input, &member).await
+    let usage = if terms.capped {
+        let day = terms.policy.tz.local_date(input.purchased_at);
+        rules_member::cap_usage(tx, &input.program_id, &input.member_id, day).await?
+    } else {
+        CapUsage::default()
+    };
+    Ok(evaluate_with(&terms, input, &member, &usage))
 }
 
-/// Evaluates a purchase given the program's terms and the member's state
-/// counting this purchase.
-async fn evaluate_for(
-    tx: &mut Tx,
+/// Evaluates a purchase given the program's terms, the member's state
+/// counting this purchase and what its capped rules gave already (no I/O).
+fn evaluate_with(
     terms: &rules_cache::ProgramTerms,
     input: &PurchaseInput,
     member: &rules_member::MemberState,
-) -> Result<Evaluation, ServiceError> {
+    usage: &CapUsage,
+) -> Evaluation {
     let policy = &terms.policy;
-    check_currency(policy, input)?;
-    let local_date = policy.tz.local_date(input.purchased_at);
-    let usage = if terms.capped {
-        rules_member::cap_usage(tx, &input.program_id, &input.member_id, local_date).await?
-    } else {
-        crate::domain::earning_rules::CapUsage::default()
-    };
     let facts = PurchaseFacts {
         lines: input.lines.clone(),
         channel: input.channel.clone(),
         store_id: input.store_id.clone(),
         purchased_at: input.purchased_at,
-        local_date,
+        local_date: policy.tz.local_date(input.purchased_at),
         tier: member.tier.clone(),
         multiplier_bp: member.multiplier_bp,
         ordinal: u32::try_from(member.purchase_count).unwrap_or(u32::MAX),
@@ -210,7 +210,7 @@ async fn evaluate_for(
         unit_minor: policy.unit_minor,
         rounding: policy.rounding,
     };
-    Ok(evaluate_purchase(&terms.rules, &facts, &usage))
+    evaluate_purchase(&terms.rules, &facts, usage)
 }
 
 pub(crate) fn applications_to_proto(e: &Evaluation) -> Vec<pb::RuleApplication> {
@@ -365,12 +365,32 @@ async fn record_round(
         .map(|(_, p, _)| (p.program_id.as_str(), p.member_id.as_str()))
         .collect();
     let mut states = rules_member::count_purchases_returning(tx, &members).await?;
+    // what capped rules gave already, for the members of capped programs
+    // (one statement for the round; its members are distinct)
+    let capped: Vec<(&str, &str, chrono::NaiveDate)> = live
+        .iter()
+        .filter(|(_, _, terms)| terms.capped)
+        .map(|(_, p, terms)| {
+            (
+                p.program_id.as_str(),
+                p.member_id.as_str(),
+                terms.policy.tz.local_date(p.purchased_at),
+            )
+        })
+        .collect();
+    let mut usage = rules_member::cap_usage_of(tx, &capped).await?;
     let mut earnings = Vec::with_capacity(live.len());
     for (index, input, terms) in live {
+        let key = (input.program_id.clone(), input.member_id.clone());
         let member = states
-            .remove(&(input.program_id.clone(), input.member_id.clone()))
+            .remove(&key)
             .ok_or_else(|| ServiceError::internal("the purchase count answered no row"))?;
-        let eval = evaluate_for(tx, &terms, input, &member).await?;
+        let eval = evaluate_with(
+            &terms,
+            input,
+            &member,
+            &usage.remove(&key).unwrap_or_default(),
+        );
         let lot = terms.policy.purchase_lot(input.purchased_at, now);
         let posting = (eval.total > 0).then(|| Posting {
             program_id: input.program_id.clone(),

@@ -158,26 +158,74 @@ pub(crate) async fn cap_usage(
     member_id: &str,
     today: NaiveDate,
 ) -> Result<CapUsage, ServiceError> {
-    let today_s = day_text(today);
-    let month_start = format!("{}-01", today.format("%Y-%m"));
-    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT rule_id, \
-         CAST(COALESCE(SUM(CASE WHEN local_day = $3 THEN points ELSE 0 END), 0) AS BIGINT), \
-         CAST(COALESCE(SUM(CASE WHEN local_day >= $4 AND local_day <= $3 THEN points ELSE 0 END), 0) AS BIGINT), \
-         CAST(COALESCE(SUM(points), 0) AS BIGINT) \
-         FROM rule_awards WHERE program_id = $1 AND member_id = $2 GROUP BY rule_id",
-    )
-    .bind(program_id)
-    .bind(member_id)
-    .bind(&today_s)
-    .bind(&month_start)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut usage = CapUsage::default();
-    for (rule, day, month, ever) in rows {
-        usage.0.insert((rule.clone(), CapPeriod::Day), day);
-        usage.0.insert((rule.clone(), CapPeriod::Month), month);
-        usage.0.insert((rule, CapPeriod::Lifetime), ever);
+    let mut usage = cap_usage_of(tx, &[(program_id, member_id, today)]).await?;
+    Ok(usage
+        .remove(&(program_id.to_owned(), member_id.to_owned()))
+        .unwrap_or_default())
+}
+
+/// [`cap_usage`] of several members (each with its own local day) in one
+/// statement. Members without awards are absent from the answer.
+pub(crate) async fn cap_usage_of(
+    tx: &mut Tx,
+    members: &[(&str, &str, NaiveDate)],
+) -> Result<HashMap<(String, String), CapUsage>, ServiceError> {
+    if members.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let engine = engine_of(tx);
+    let text = JsonType::Text;
+    let rows = json_rows(
+        engine,
+        1,
+        "r",
+        &[
+            ("program_id", text),
+            ("member_id", text),
+            ("today", text),
+            ("month_start", text),
+        ],
+    );
+    let sums = "t.rule_id, \
+         CAST(COALESCE(SUM(CASE WHEN t.local_day = r.today THEN t.points ELSE 0 END), 0) AS BIGINT) AS day, \
+         CAST(COALESCE(SUM(CASE WHEN t.local_day >= r.month_start AND t.local_day <= r.today \
+         THEN t.points ELSE 0 END), 0) AS BIGINT) AS month, \
+         CAST(COALESCE(SUM(t.points), 0) AS BIGINT) AS ever";
+    let on = "t.program_id = r.program_id AND t.member_id = r.member_id";
+    let sql = match engine {
+        // a lateral probe per member, whatever the planner thinks of the
+        // table's size
+        loyalty_common::db::Engine::Postgres => format!(
+            "SELECT r.program_id, r.member_id, a.rule_id, a.day, a.month, a.ever FROM {rows} \
+             CROSS JOIN LATERAL (SELECT {sums} FROM rule_awards t WHERE {on} GROUP BY t.rule_id) a"
+        ),
+        loyalty_common::db::Engine::Sqlite => format!(
+            "SELECT r.program_id, r.member_id, {sums} FROM {rows} JOIN rule_awards t ON {on} \
+             GROUP BY r.program_id, r.member_id, t.rule_id"
+        ),
+    };
+    let json = serde_json::Value::Array(
+        members
+            .iter()
+            .map(|(p, m, today)| {
+                serde_json::json!({
+                    "program_id": p, "member_id": m, "today": day_text(*today),
+                    "month_start": format!("{}-01", today.format("%Y-%m")),
+                })
+            })
+            .collect(),
+    );
+    let found: Vec<(String, String, String, i64, i64, i64)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(json.to_string())
+            .fetch_all(&mut **tx)
+            .await?;
+    let mut usage: HashMap<(String, String), CapUsage> = HashMap::new();
+    for (program, member, rule, day, month, ever) in found {
+        let u = usage.entry((program, member)).or_default();
+        u.0.insert((rule.clone(), CapPeriod::Day), day);
+        u.0.insert((rule.clone(), CapPeriod::Month), month);
+        u.0.insert((rule, CapPeriod::Lifetime), ever);
     }
     Ok(usage)
 }
