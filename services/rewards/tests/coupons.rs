@@ -99,20 +99,7 @@ async fn redeem(t: &TestService, code: &str, order_id: &str) -> Result<Coupon, S
 }
 
 async fn list(t: &TestService, member_id: &str, state: CouponState) -> Vec<Coupon> {
-    coupons(t)
-        .list_member_coupons(t.request(
-            ListMemberCouponsRequest {
-                program_id: PROGRAM.into(),
-                member_id: member_id.into(),
-                state: state.into(),
-                page: None,
-            },
-            &member(member_id),
-        ))
-        .await
-        .expect("list")
-        .into_inner()
-        .coupons
+    member_coupons(t, member_id, state).await.expect("list")
 }
 
 async fn a_coupon_is_validated_and_redeemed_exactly_once(engine: TestEngine) {
@@ -860,16 +847,7 @@ async fn a_sealed_code_copied_onto_another_coupon_does_not_open(engine: TestEngi
         .await
         .expect("copy the sealed code");
     // showing b fails loudly; it never shows a's code as b's
-    let err = coupons(&t)
-        .list_member_coupons(t.request(
-            ListMemberCouponsRequest {
-                program_id: PROGRAM.into(),
-                member_id: "m1".into(),
-                state: CouponState::Unspecified.into(),
-                page: None,
-            },
-            &member("m1"),
-        ))
+    let err = member_coupons(&t, "m1", CouponState::Unspecified)
         .await
         .unwrap_err();
     assert_code(&err, Code::Internal);
@@ -910,16 +888,7 @@ async fn codes_sealed_under_another_data_key_are_an_error_not_a_wrong_code(engin
     .execute(new.rt("rewards").db.pool())
     .await
     .expect("restore the row");
-    let err = coupons(&new)
-        .list_member_coupons(new.request(
-            ListMemberCouponsRequest {
-                program_id: PROGRAM.into(),
-                member_id: "m1".into(),
-                state: CouponState::Unspecified.into(),
-                page: None,
-            },
-            &member("m1"),
-        ))
+    let err = member_coupons(&new, "m1", CouponState::Unspecified)
         .await
         .unwrap_err();
     assert_code(&err, Code::Internal);

@@ -15,7 +15,6 @@ use loyalty_common::test_on_both_engines;
 use loyalty_common::testing::{TestEngine, TestService, error_chain};
 use loyalty_proto::loyalty::rewards::v1::{
     Coupon, CouponPool, CouponState, CreateCouponPoolRequest, IssueCouponRequest,
-    ListMemberCouponsRequest,
 };
 
 /// A database outliving the services started on it (a restart opens it
@@ -108,20 +107,9 @@ async fn issue_one(t: &TestService) -> Coupon {
 }
 
 async fn codes_of_m1(t: &TestService) -> Vec<String> {
-    coupons(t)
-        .list_member_coupons(t.request(
-            ListMemberCouponsRequest {
-                program_id: PROGRAM.into(),
-                member_id: "m1".into(),
-                state: CouponState::Unspecified.into(),
-                page: None,
-            },
-            &member("m1"),
-        ))
+    member_coupons(t, "m1", CouponState::Unspecified)
         .await
         .expect("list")
-        .into_inner()
-        .coupons
         .into_iter()
         .map(|c| c.code)
         .collect()

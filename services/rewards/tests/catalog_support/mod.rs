@@ -15,7 +15,8 @@ use loyalty_proto::loyalty::rewards::v1::coupon_service_client::CouponServiceCli
 use loyalty_proto::loyalty::rewards::v1::partner_service_client::PartnerServiceClient;
 use loyalty_proto::loyalty::rewards::v1::referral_service_client::ReferralServiceClient;
 use loyalty_proto::loyalty::rewards::v1::{
-    CreatePartnerRequest, ExchangeInRequest, ExchangeRate, LimitPeriod, Partner,
+    Coupon, CouponState, CreatePartnerRequest, ExchangeInRequest, ExchangeRate, LimitPeriod,
+    ListMemberCouponsRequest, Partner,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -47,6 +48,26 @@ pub fn catalog(t: &TestService) -> CatalogServiceClient<Channel> {
 
 pub fn coupons(t: &TestService) -> CouponServiceClient<Channel> {
     CouponServiceClient::new(t.channel())
+}
+
+/// The first page of a member's coupons, as the member asks for them.
+pub async fn member_coupons(
+    t: &TestService,
+    member_id: &str,
+    state: CouponState,
+) -> Result<Vec<Coupon>, Status> {
+    coupons(t)
+        .list_member_coupons(t.request(
+            ListMemberCouponsRequest {
+                program_id: PROGRAM.into(),
+                member_id: member_id.into(),
+                state: state.into(),
+                page: None,
+            },
+            &member(member_id),
+        ))
+        .await
+        .map(|r| r.into_inner().coupons)
 }
 
 pub fn badges(t: &TestService) -> BadgeServiceClient<Channel> {
