@@ -73,10 +73,24 @@ impl PointsExpiry {
     /// (`$1` now, `$2` the chunk size, `$3` the program of a scoped run,
     /// `$4`-`$7` the cursor; see [`bind_chunk!`]).
     fn chunk_sql(&self) -> String {
+        format!("SELECT lot_id FROM {} LIMIT $2", self.due_lots())
+    }
+
+    /// The key of the chunk's last lot (the next cursor) when the chunk is
+    /// full: the same walk of the index, no sort.
+    fn last_key_sql(&self) -> String {
         format!(
-            "SELECT lot_id FROM lots WHERE remaining > 0 AND expires_at IS NOT NULL \
-             AND expires_at <= $1 {} AND (expires_at, program_id, member_id, lot_id) > ($4, $5, $6, $7) \
-             ORDER BY expires_at, program_id, member_id, lot_id LIMIT $2",
+            "SELECT expires_at, program_id, member_id, lot_id FROM {} LIMIT 1 OFFSET $2 - 1",
+            self.due_lots()
+        )
+    }
+
+    /// Lots due after the cursor, in `lots_expiry` order.
+    fn due_lots(&self) -> String {
+        format!(
+            "lots WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= $1 {} \
+             AND (expires_at, program_id, member_id, lot_id) > ($4, $5, $6, $7) \
+             ORDER BY expires_at, program_id, member_id, lot_id",
             self.scope.filter("$3")
         )
     }
@@ -221,24 +235,25 @@ impl Job for PointsExpiry {
             })
             .collect();
         let lots: i64 = losses.iter().map(|l| l.lots).sum();
-        let last_sql = format!(
-            "SELECT expires_at, program_id, member_id, lot_id FROM lots WHERE lot_id IN ({chunk_sql}) \
-             ORDER BY expires_at DESC, program_id DESC, member_id DESC, lot_id DESC LIMIT 1"
-        );
-        let (expires_at, program_id, member_id, lot_id): (i64, String, String, String) =
-            bind_chunk!(
-                sqlx::query_as(sqlx::AssertSqlSafe(last_sql)),
-                self,
-                now,
-                cursor
-            )
-            .fetch_one(&mut **tx)
-            .await?;
-        let next = Cursor {
-            expires_at,
-            program_id,
-            member_id,
-            lot_id,
+        // where the next chunk starts, read before the lots are emptied
+        let next = if lots == self.chunk {
+            let (expires_at, program_id, member_id, lot_id): (i64, String, String, String) =
+                bind_chunk!(
+                    sqlx::query_as(sqlx::AssertSqlSafe(self.last_key_sql())),
+                    self,
+                    now,
+                    cursor
+                )
+                .fetch_one(&mut **tx)
+                .await?;
+            Some(Cursor {
+                expires_at,
+                program_id,
+                member_id,
+                lot_id,
+            })
+        } else {
+            None
         };
         // which lots each entry takes, before they are emptied
         // (VALUES rows, not JSON ones: SQLite would plan the JSON rows as
@@ -317,7 +332,7 @@ impl Job for PointsExpiry {
         outbox::append_all(tx, &events).await?;
         self.rt.outbox.notify();
         Ok(ChunkOutcome {
-            next_cursor: (lots == self.chunk).then(|| next.encode()),
+            next_cursor: next.map(|c| c.encode()),
             processed: u64::try_from(lots).unwrap_or(0),
         })
     }
