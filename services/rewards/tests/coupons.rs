@@ -25,48 +25,6 @@ use loyalty_proto::loyalty::rewards::v1::{
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-async fn pool(t: &TestService, valid_days: i32, max_issued: i64) -> CouponPool {
-    coupons(t)
-        .create_coupon_pool(t.request(
-            CreateCouponPoolRequest {
-                program_id: PROGRAM.into(),
-                pool: Some(CouponPool {
-                    name: "Welcome".into(),
-                    description: "10 CNY off".into(),
-                    discount: Some(loyalty_proto::common::Money {
-                        minor_units: 1_000,
-                        currency: "CNY".into(),
-                    }),
-                    valid_days,
-                    max_issued,
-                    ..CouponPool::default()
-                }),
-                idempotency_key: uuid::Uuid::new_v4().to_string(),
-            },
-            &admin(),
-        ))
-        .await
-        .expect("pool")
-        .into_inner()
-        .pool
-        .expect("pool")
-}
-
-async fn issue(t: &TestService, pool_id: &str, member_id: &str) -> Result<Coupon, Status> {
-    coupons(t)
-        .issue_coupon(t.request(
-            IssueCouponRequest {
-                program_id: PROGRAM.into(),
-                pool_id: pool_id.into(),
-                member_id: member_id.into(),
-                idempotency_key: uuid::Uuid::new_v4().to_string(),
-            },
-            &backend(),
-        ))
-        .await
-        .map(|r| r.into_inner().coupon.expect("coupon"))
-}
-
 async fn validate_as(
     t: &TestService,
     who: &loyalty_common::auth::Principal,

@@ -13,9 +13,7 @@ use loyalty_common::data_key::DataKey;
 use loyalty_common::db::{DatabaseUrl, Db, PoolSettings};
 use loyalty_common::test_on_both_engines;
 use loyalty_common::testing::{TestEngine, TestService, error_chain};
-use loyalty_proto::loyalty::rewards::v1::{
-    Coupon, CouponPool, CouponState, CreateCouponPoolRequest, IssueCouponRequest,
-};
+use loyalty_proto::loyalty::rewards::v1::{Coupon, CouponState};
 
 /// A database outliving the services started on it (a restart opens it
 /// again, migrations included, as a new process would).
@@ -66,44 +64,8 @@ fn key(fill: &str) -> DataKey {
 }
 
 async fn issue_one(t: &TestService) -> Coupon {
-    let pool = coupons(t)
-        .create_coupon_pool(t.request(
-            CreateCouponPoolRequest {
-                program_id: PROGRAM.into(),
-                pool: Some(CouponPool {
-                    name: "Welcome".into(),
-                    description: "10 CNY off".into(),
-                    discount: Some(loyalty_proto::common::Money {
-                        minor_units: 1_000,
-                        currency: "CNY".into(),
-                    }),
-                    valid_days: 30,
-                    ..CouponPool::default()
-                }),
-                idempotency_key: uuid::Uuid::new_v4().to_string(),
-            },
-            &admin(),
-        ))
-        .await
-        .expect("pool")
-        .into_inner()
-        .pool
-        .expect("pool");
-    coupons(t)
-        .issue_coupon(t.request(
-            IssueCouponRequest {
-                program_id: PROGRAM.into(),
-                pool_id: pool.pool_id,
-                member_id: "m1".into(),
-                idempotency_key: uuid::Uuid::new_v4().to_string(),
-            },
-            &backend(),
-        ))
-        .await
-        .expect("issue")
-        .into_inner()
-        .coupon
-        .expect("coupon")
+    let pool = pool(t, 30, 0).await;
+    issue(t, &pool.pool_id, "m1").await.expect("issue")
 }
 
 async fn codes_of_m1(t: &TestService) -> Vec<String> {

@@ -15,8 +15,9 @@ use loyalty_proto::loyalty::rewards::v1::coupon_service_client::CouponServiceCli
 use loyalty_proto::loyalty::rewards::v1::partner_service_client::PartnerServiceClient;
 use loyalty_proto::loyalty::rewards::v1::referral_service_client::ReferralServiceClient;
 use loyalty_proto::loyalty::rewards::v1::{
-    Coupon, CouponState, CreatePartnerRequest, ExchangeInRequest, ExchangeRate, LimitPeriod,
-    ListMemberCouponsRequest, Partner,
+    Coupon, CouponPool, CouponState, CreateCouponPoolRequest, CreatePartnerRequest,
+    ExchangeInRequest, ExchangeRate, IssueCouponRequest, LimitPeriod, ListMemberCouponsRequest,
+    Partner,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -68,6 +69,50 @@ pub async fn member_coupons(
         ))
         .await
         .map(|r| r.into_inner().coupons)
+}
+
+/// A coupon pool of 10 CNY off (`max_issued` 0: no limit).
+pub async fn pool(t: &TestService, valid_days: i32, max_issued: i64) -> CouponPool {
+    coupons(t)
+        .create_coupon_pool(t.request(
+            CreateCouponPoolRequest {
+                program_id: PROGRAM.into(),
+                pool: Some(CouponPool {
+                    name: "Welcome".into(),
+                    description: "10 CNY off".into(),
+                    discount: Some(loyalty_proto::common::Money {
+                        minor_units: 1_000,
+                        currency: "CNY".into(),
+                    }),
+                    valid_days,
+                    max_issued,
+                    ..CouponPool::default()
+                }),
+                idempotency_key: uuid::Uuid::new_v4().to_string(),
+            },
+            &admin(),
+        ))
+        .await
+        .expect("pool")
+        .into_inner()
+        .pool
+        .expect("pool")
+}
+
+/// Issues a coupon of `pool_id` to `member_id`, as a backend would.
+pub async fn issue(t: &TestService, pool_id: &str, member_id: &str) -> Result<Coupon, Status> {
+    coupons(t)
+        .issue_coupon(t.request(
+            IssueCouponRequest {
+                program_id: PROGRAM.into(),
+                pool_id: pool_id.into(),
+                member_id: member_id.into(),
+                idempotency_key: uuid::Uuid::new_v4().to_string(),
+            },
+            &backend(),
+        ))
+        .await
+        .map(|r| r.into_inner().coupon.expect("coupon"))
 }
 
 pub fn badges(t: &TestService) -> BadgeServiceClient<Channel> {
