@@ -59,17 +59,8 @@ fn scheduled_jobs(
     all
 }
 
-/// Seals every coupon code still stored in clear now, to the end (what
-/// start-up runs as a job; tests call it directly). `None` when another
-/// replica is running it.
-#[doc(hidden)]
-pub async fn seal_clear_coupon_codes(
-    rt: &std::sync::Arc<loyalty_common::runtime::ServiceRuntime>,
-) -> Result<Option<loyalty_common::jobs::RunReport>, loyalty_common::ServiceError> {
-    engagement::seal_clear_coupon_codes(rt).await
-}
-
-/// Entry points for benchmarks (not part of the service's contract).
+/// Entry points for benchmarks and tests (not part of the service's
+/// contract).
 #[doc(hidden)]
 pub mod bench_support {
     use std::sync::Arc;
@@ -77,6 +68,14 @@ pub mod bench_support {
     use loyalty_common::ServiceError;
     use loyalty_common::jobs::{JobRunner, RunReport};
     use loyalty_common::runtime::ServiceRuntime;
+
+    /// Seals every coupon code still stored in clear now, to the end (what
+    /// start-up runs as a job). `None` when another replica is running it.
+    pub async fn seal_clear_coupon_codes(
+        rt: &Arc<ServiceRuntime>,
+    ) -> Result<Option<RunReport>, ServiceError> {
+        crate::engagement::seal_clear_coupon_codes(rt).await
+    }
 
     /// Runs the points expiry job once, now, to its end.
     pub async fn run_points_expiry(

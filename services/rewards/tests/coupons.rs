@@ -696,7 +696,7 @@ async fn legacy_clear_codes_are_sealed_by_the_start_up_job_and_stay_redeemable(e
     let fresh_row = stored_code(&t, &fresh.coupon_id).await;
 
     let rt = t.rt("rewards");
-    let report = loyalty_rewards::seal_clear_coupon_codes(rt)
+    let report = loyalty_rewards::bench_support::seal_clear_coupon_codes(rt)
         .await
         .expect("sealing")
         .expect("ran");
@@ -715,7 +715,7 @@ async fn legacy_clear_codes_are_sealed_by_the_start_up_job_and_stay_redeemable(e
     }
     assert_eq!(stored_code(&t, &fresh.coupon_id).await, fresh_row);
     // idempotent: nothing left to seal
-    let again = loyalty_rewards::seal_clear_coupon_codes(rt)
+    let again = loyalty_rewards::bench_support::seal_clear_coupon_codes(rt)
         .await
         .expect("sealing")
         .expect("ran");

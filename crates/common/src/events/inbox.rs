@@ -285,7 +285,7 @@ impl Consumer {
     /// One attempt: inbox row and effects in one transaction.
     async fn apply(&self, event: &EventEnvelope) -> Result<Outcome, ServiceError> {
         let mut tx = self.db.begin().await?;
-        if !claim_inbox(&mut tx, &self.name, &event.event_id).await? {
+        if !claim_inbox(&mut tx, &self.name, event).await? {
             tx.rollback().await?;
             return Ok(Outcome::Duplicate);
         }
@@ -301,7 +301,7 @@ impl Consumer {
         attempts: u32,
     ) -> Result<Outcome, sqlx::Error> {
         let mut tx = self.db.begin().await?;
-        claim_inbox(&mut tx, &self.name, &event.event_id).await?;
+        claim_inbox(&mut tx, &self.name, event).await?;
         sqlx::query(
             "INSERT INTO dead_letters (consumer, event_id, event_type, payload, error, attempts, failed_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
@@ -357,14 +357,10 @@ async fn claim_inbox_all(
 }
 
 /// Records the event id; false when it was there already.
-async fn claim_inbox(tx: &mut Tx, consumer: &str, event_id: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO inbox (consumer, event_id, handled_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(event_id)
-    .bind(now_micros())
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
+async fn claim_inbox(
+    tx: &mut Tx,
+    consumer: &str,
+    event: &EventEnvelope,
+) -> Result<bool, sqlx::Error> {
+    Ok(!claim_inbox_all(tx, consumer, &[event]).await?.is_empty())
 }

@@ -189,7 +189,7 @@ impl CouponApi {
             .map_err(|e| ServiceError::invalid("code", e.to_string()))?;
         let now = now_micros(&self.rt);
         let vault = CodeVault::of(&self.rt)?;
-        let c = store::by_code_read(self.rt.db.pool(), &vault, &req.program_id, &code)
+        let c = store::by_code(self.rt.db.pool(), &vault, &req.program_id, &code)
             .await?
             .ok_or_else(|| ServiceError::not_found("coupon", "with this code"))?;
         if state_of(&c, now) == CouponState::Issued {
@@ -207,7 +207,7 @@ impl CouponApi {
         let mut tx = self.rt.db.begin().await?;
         let redeemed =
             store::redeem(&mut tx, &vault, &req.program_id, &code, &req.order_id, now).await?;
-        let c = store::by_code(&mut tx, &vault, &req.program_id, &code)
+        let c = store::by_code(&mut *tx, &vault, &req.program_id, &code)
             .await?
             .ok_or_else(|| ServiceError::not_found("coupon", "with this code"))?;
         tx.commit().await?;

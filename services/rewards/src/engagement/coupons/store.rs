@@ -406,34 +406,17 @@ pub async fn by_id(
     row.map(|t| coupon(vault, t)).transpose()
 }
 
-/// The coupon of the canonical `code`, in a transaction.
-pub async fn by_code(
-    tx: &mut Tx,
+/// The coupon of the canonical `code`, read in a transaction
+/// (`&mut **tx`) or from the pool.
+pub async fn by_code<'e, E>(
+    db: E,
     vault: &CodeVault,
     program_id: &str,
     code: &str,
-) -> Result<Option<CouponRow>, ServiceError> {
-    let row: Option<CouponTuple> = sqlx::query_as(concat!(
-        "SELECT ",
-        coupon_cols!(),
-        " WHERE c.",
-        by_code_where!("1", "2", "3")
-    ))
-    .bind(program_id)
-    .bind(vault.digest(program_id, code))
-    .bind(code)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.map(|t| coupon_with_code(vault, t, code)).transpose()
-}
-
-/// The coupon of the canonical `code`, read outside a transaction.
-pub async fn by_code_read(
-    db: &AnyPool,
-    vault: &CodeVault,
-    program_id: &str,
-    code: &str,
-) -> Result<Option<CouponRow>, ServiceError> {
+) -> Result<Option<CouponRow>, ServiceError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let row: Option<CouponTuple> = sqlx::query_as(concat!(
         "SELECT ",
         coupon_cols!(),

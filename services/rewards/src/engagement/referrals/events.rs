@@ -47,10 +47,8 @@ impl EventHandler for ReferralEvents {
                 store::add_contact_hashes(tx, program, member, &hashes).await
             }
             Some(Payload::MemberErased(_)) => store::erase_member(tx, program, member).await,
-            Some(Payload::PurchaseCompleted(p)) => {
-                store::record_purchase(tx, program, member, &p.order_id).await?;
-                self.qualify(tx, program, member, p).await
-            }
+            // one way for purchases: a run of one
+            Some(Payload::PurchaseCompleted(_)) => self.handle_group(tx, &[event]).await,
             Some(Payload::OrderRefunded(r)) => self.refund(tx, program, member, r).await,
             _ => Ok(()),
         }

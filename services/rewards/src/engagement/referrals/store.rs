@@ -403,27 +403,8 @@ pub async fn erase_member(
     Ok(())
 }
 
-/// Records a purchase; true when it is the member's first known one.
-pub async fn record_purchase(
-    tx: &mut Tx,
-    program_id: &str,
-    member_id: &str,
-    order_id: &str,
-) -> Result<bool, ServiceError> {
-    let done = sqlx::query(
-        "INSERT INTO referral_purchasers (program_id, member_id, first_order_id) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(program_id)
-    .bind(member_id)
-    .bind(order_id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// [`record_purchase`] of many purchases in one statement (a member's
-/// first order in input order is the one kept).
+/// Records each member's first purchase (the first order in input order
+/// is the one kept), many in one statement.
 pub async fn record_purchases(
     tx: &mut Tx,
     purchases: &[(&str, &str, &str)],
